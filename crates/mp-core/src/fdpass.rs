@@ -1,0 +1,177 @@
+//! Bytes and fds over a Unix stream socket (SCM_RIGHTS).
+//!
+//! Fds ride on the first byte(s) of what is sent; the receiver collects them in order,
+//! so a carrier that knows how many fds each message holds (the table built by
+//! [`crate::handles::encode`]) can give every message its own. Every send uses
+//! `MSG_NOSIGNAL`: a closed peer is an `EPIPE` error, never a `SIGPIPE`.
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
+use std::io::{self, IoSlice, IoSliceMut, Read};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// The most fds Linux carries in one `sendmsg` (SCM_MAX_FD).
+pub const MAX_FDS_PER_SEND: usize = 253;
+
+/// Sends every byte of `bufs` on the stream socket `sock`, attaching `fds` to the first
+/// bytes (in chunks of [`MAX_FDS_PER_SEND`], each on its own byte).
+pub fn send_all(sock: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let chunks = fds.len().div_ceil(MAX_FDS_PER_SEND);
+    if chunks > total {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "more fds than bytes to carry them"));
+    }
+    let (mut sent, mut next_chunk) = (0usize, 0usize);
+    while sent < total {
+        let chunk = fds.chunks(MAX_FDS_PER_SEND).nth(next_chunk);
+        // While more fd chunks wait behind this one, send a single byte so that each
+        // chunk has its own byte to ride on.
+        let limit = if next_chunk + 1 < chunks { 1 } else { usize::MAX };
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(bufs.len());
+        let (mut skip, mut room) = (sent, limit);
+        for b in bufs {
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            let part = &b[skip..];
+            skip = 0;
+            let take = part.len().min(room);
+            slices.push(IoSlice::new(&part[..take]));
+            room -= take;
+            if room == 0 {
+                break;
+            }
+        }
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SEND))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if let Some(c) = chunk {
+            if !control.push(SendAncillaryMessage::ScmRights(c)) {
+                return Err(io::Error::other("ancillary buffer too small"));
+            }
+        }
+        match sendmsg(sock, &slices, &mut control, SendFlags::NOSIGNAL) {
+            Ok(n) => {
+                sent += n;
+                next_chunk += usize::from(chunk.is_some());
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => wait_writable(sock)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn wait_writable(sock: BorrowedFd<'_>) -> io::Result<()> {
+    let mut p = [rustix::event::PollFd::new(&sock, rustix::event::PollFlags::OUT)];
+    match rustix::event::poll(&mut p, None) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Receives some bytes into `buf` (0 means end of file), appending any fds that came
+/// with them to `fds` (received with `O_CLOEXEC`). `nonblocking` returns `WouldBlock`
+/// instead of waiting.
+pub fn recv_some(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>, nonblocking: bool) -> io::Result<usize> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SEND))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= RecvFlags::DONTWAIT;
+    }
+    loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg(sock, &mut iov, &mut control, flags) {
+            Ok(msg) => {
+                for m in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(it) = m {
+                        fds.extend(it);
+                    }
+                }
+                if msg.flags.contains(ReturnFlags::CTRUNC) {
+                    return Err(io::Error::other("received fds were truncated (too many in one message)"));
+                }
+                return Ok(msg.bytes);
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A blocking [`Read`] over a socket that collects the fds arriving with the bytes.
+pub struct FdReader<'a> {
+    sock: BorrowedFd<'a>,
+    /// Fds received so far, in order.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl<'a> FdReader<'a> {
+    /// Reads from `sock`.
+    pub fn new(sock: BorrowedFd<'a>) -> Self {
+        FdReader { sock, fds: Vec::new() }
+    }
+}
+
+impl Read for FdReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match recv_some(self.sock, buf, &mut self.fds, false) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut p = [rustix::event::PollFd::new(&self.sock, rustix::event::PollFlags::IN)];
+                    match rustix::event::poll(&mut p, None) {
+                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+/// Sends one framed message (Python framing) with `fds` attached.
+pub fn send_frame(sock: BorrowedFd<'_>, payload: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+    let mut hb = [0u8; crate::frame::MAX_HEADER];
+    let header = crate::frame::encode_header(payload.len(), &mut hb);
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    send_all(sock, &[header, payload], &borrowed)
+}
+
+/// Receives one framed message of at most `max` bytes, with the fds that came with it.
+pub fn recv_frame(sock: BorrowedFd<'_>, max: u64) -> crate::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut r = FdReader::new(sock);
+    let payload = crate::frame::read_frame(&mut r, max)?;
+    Ok((payload, r.fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+
+    #[test]
+    fn frame_with_many_fds() {
+        let (a, b) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+        let fds: Vec<OwnedFd> = (0..300).map(|_| std::fs::File::open("/dev/null").unwrap().into()).collect();
+        let payload = vec![7u8; 1000];
+        send_frame(a.as_fd(), &payload, &fds).unwrap();
+        let (got, got_fds) = recv_frame(b.as_fd(), 1 << 20).unwrap();
+        assert_eq!(got, payload);
+        assert_eq!(got_fds.len(), 300);
+        drop(a);
+        assert!(matches!(recv_frame(b.as_fd(), 10), Err(crate::Error::Eof)));
+    }
+
+    #[test]
+    fn closed_peer_is_epipe_not_sigpipe() {
+        let (a, b) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+        drop(b);
+        let e = send_frame(a.as_fd(), b"x", &[]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
+}
