@@ -1,0 +1,1 @@
+//! Pipe, Connection, wait() and Listener/Client (in progress).

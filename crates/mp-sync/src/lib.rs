@@ -1,0 +1,1 @@
+//! Lock, RLock, Semaphore, BoundedSemaphore, Event, Condition and Barrier across processes (in progress).
