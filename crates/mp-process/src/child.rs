@@ -1,0 +1,178 @@
+//! The child's side: read the bootstrap, become the named process, run the target,
+//! send the outcome, clean up our own children, exit.
+use crate::current::{state, ParentProcess};
+use crate::launch::CHILD_FD;
+use crate::target::resolve;
+use crate::wire::{Bootstrap, ExeId, Outcome, MAGIC, MAX_FRAME};
+use mp_core::fdpass::{recv_frame, send_frame};
+use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+
+/// The last panic seen by our hook: message and location.
+static LAST_PANIC: Mutex<Option<(String, Option<String>)>> = Mutex::new(None);
+
+/// Exit code of a child whose bootstrap failed before its target could run.
+const EXIT_BOOTSTRAP: i32 = 70;
+
+/// A spawned child: the bootstrap socket was placed at `fd` (the env var's value).
+pub(crate) fn enter_spawned(value: &std::ffi::OsStr) -> ! {
+    if value.to_str() != Some("3") {
+        std::process::exit(EXIT_BOOTSTRAP);
+    }
+    // Nothing but our bootstrap socket was meant to be inherited.
+    // SAFETY: close_range on fds above the bootstrap socket in a process that has just
+    // started (init() runs first in main), so no Rust object owns them.
+    unsafe { libc::syscall(libc::SYS_close_range, (CHILD_FD + 1) as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint) };
+    match rustix::fs::fstat(unsafe_borrow_child_fd()) {
+        Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket => {}
+        _ => std::process::exit(EXIT_BOOTSTRAP),
+    }
+    // SAFETY: the parent put our bootstrap socket at CHILD_FD (checked to be a socket
+    // just above) and nothing else in this fresh process owns it.
+    child_main(unsafe { OwnedFd::from_raw_fd(CHILD_FD) })
+}
+
+fn unsafe_borrow_child_fd() -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: only used for an fstat before the fd is owned; CHILD_FD stays open for the
+    // whole life of the process (it is taken over by `child_main`).
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(CHILD_FD) }
+}
+
+/// After a fork: forget (without closing) what belongs to the parent.
+pub(crate) fn forget_inherited() {
+    crate::process::forget_children();
+    crate::launch::forget_server();
+}
+
+/// Runs the task announced on `sock`, reports, cleans up and exits. Never returns.
+pub(crate) fn child_main(sock: OwnedFd) -> ! {
+    let code = run(&sock);
+    crate::process::exit_cleanup();
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    drop(sock);
+    std::process::exit(code)
+}
+
+fn report(sock: &OwnedFd, outcome: &Outcome, fds: &[OwnedFd]) {
+    if let Ok(bytes) = postcard::to_allocvec(outcome) {
+        // The parent may have dropped its handle: nobody to tell, nothing to do.
+        let _ = send_frame(sock.as_fd(), &bytes, fds);
+    }
+}
+
+fn run(sock: &OwnedFd) -> i32 {
+    let (bytes, fds) = match recv_frame(sock.as_fd(), MAX_FRAME) {
+        Ok(r) => r,
+        Err(_) => return EXIT_BOOTSTRAP, // the parent went away before telling us anything
+    };
+    let boot: Bootstrap = match postcard::from_bytes(&bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            report(sock, &Outcome::Bootstrap(format!("bad bootstrap message: {e}")), &[]);
+            return EXIT_BOOTSTRAP;
+        }
+    };
+    if boot.magic != MAGIC {
+        report(sock, &Outcome::Bootstrap("bootstrap message of another version".into()), &[]);
+        return EXIT_BOOTSTRAP;
+    }
+    match ExeId::current() {
+        Ok(id) if id == boot.exe => {}
+        _ => {
+            report(sock, &Outcome::Bootstrap("the child does not run the parent's executable".into()), &[]);
+            return EXIT_BOOTSTRAP;
+        }
+    }
+    become_child(&boot);
+    install_panic_hook();
+    // SAFETY: the executable's identity was checked just above, so the offset names a
+    // trampoline in this very image; the trampoline re-checks the target's type hash.
+    let entry = unsafe { resolve(boot.entry_offset) };
+    let run = catch_unwind(AssertUnwindSafe(|| entry(boot.type_hash, &boot.args, fds)));
+    let (outcome, out_fds) = match run {
+        Ok(r) => r,
+        Err(payload) => {
+            let (message, location) = LAST_PANIC
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| (payload_text(&*payload), None));
+            (Outcome::Panicked { message, location }, Vec::new())
+        }
+    };
+    let code = i32::from(!matches!(outcome, Outcome::Ok(_)));
+    report(sock, &outcome, &out_fds);
+    code
+}
+
+/// Takes on the name, family and environment the parent gave.
+fn become_child(boot: &Bootstrap) {
+    use std::os::unix::ffi::OsStrExt;
+    for (k, v) in &boot.env {
+        let k = std::ffi::OsStr::from_bytes(k);
+        // The child is still single-threaded here: nothing reads the environment
+        // concurrently.
+        match v {
+            Some(v) => std::env::set_var(k, std::ffi::OsStr::from_bytes(v)),
+            None => std::env::remove_var(k),
+        }
+    }
+    let parent_pidfd = rustix::process::Pid::from_raw(boot.parent_pid)
+        .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
+        .map(Arc::new);
+    let ppid = rustix::process::getppid().map(|p| p.as_raw_nonzero().get());
+    let parent_alive = parent_pidfd.is_some() && ppid == Some(boot.parent_pid);
+    {
+        let mut s = state();
+        s.initialized = true;
+        s.name = boot.name.clone();
+        s.identity = boot.identity.clone();
+        s.daemon = boot.daemon;
+        s.authkey = boot.authkey;
+        s.counter = 0;
+        s.parent = Some(ParentProcess { pid: boot.parent_pid, name: boot.parent_name.clone(), pidfd: parent_pidfd.clone() });
+    }
+    if boot.daemon {
+        // A daemon dies with its parent (Python leaves it running if the parent is
+        // SIGKILLed; we do not). A thread watches the parent's pidfd, so this holds
+        // whichever thread of the parent started us.
+        match parent_pidfd {
+            Some(fd) if parent_alive => {
+                let _ = std::thread::Builder::new().name("multiproc-parent-watch".into()).spawn(move || loop {
+                    let mut p = [rustix::event::PollFd::new(&*fd, rustix::event::PollFlags::IN)];
+                    if let Ok(n) = rustix::event::poll(&mut p, None) {
+                        if n > 0 {
+                            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+                        }
+                    }
+                });
+            }
+            _ => {
+                let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+fn payload_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_string()
+    }
+}
+
+fn install_panic_hook() {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = payload_text(info.payload());
+        let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some((message, location));
+        prev(info);
+    }));
+}

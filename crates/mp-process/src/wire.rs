@@ -1,0 +1,61 @@
+//! The bootstrap exchange between a parent and its child, over an inherited socketpair.
+//!
+//! parent -> child: one frame holding [`Bootstrap`] (with the argument fds attached);
+//! child -> parent: one frame holding [`Outcome`] (with the result's fds attached), then
+//! end of file when the child exits. A child that dies early is seen as end of file,
+//! never as a hang.
+use crate::context::StartMethod;
+use serde::{Deserialize, Serialize};
+
+/// Distinguishes our bootstrap from anything else found on the socket.
+pub(crate) const MAGIC: u64 = 0x6d75_6c74_6970_7201; // "multipr" + version 1
+
+/// Bootstrap messages are small apart from the arguments; results may be large.
+pub(crate) const MAX_FRAME: u64 = 1 << 40;
+
+/// Identity of the running executable: the child refuses to resolve a target offset
+/// unless it runs the very same file.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ExeId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: i64,
+    pub mtime: i64,
+}
+
+impl ExeId {
+    pub(crate) fn current() -> std::io::Result<ExeId> {
+        let st = rustix::fs::stat("/proc/self/exe")?;
+        Ok(ExeId { dev: st.st_dev, ino: st.st_ino, size: st.st_size, mtime: st.st_mtime })
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub(crate) struct Bootstrap {
+    pub magic: u64,
+    pub exe: ExeId,
+    pub entry_offset: i64,
+    pub type_hash: u64,
+    pub name: String,
+    pub identity: Vec<u32>,
+    pub daemon: bool,
+    pub parent_pid: i32,
+    pub parent_name: String,
+    pub authkey: [u8; 32],
+    pub start_method: StartMethod,
+    /// Environment changes: set (Some) or remove (None), applied before the target runs.
+    pub env: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub args: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub(crate) enum Outcome {
+    /// The target returned; these are its encoded bytes (fds ride beside them).
+    Ok(Vec<u8>),
+    /// The target panicked.
+    Panicked { message: String, location: Option<String> },
+    /// The return value failed to serialize.
+    ResultEncode(String),
+    /// The child could not rebuild its task.
+    Bootstrap(String),
+}
