@@ -13,13 +13,18 @@ fn now() -> Timespec {
 }
 
 fn add(t: Timespec, d: Duration) -> Timespec {
-    let mut sec = t.tv_sec.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let mut sec = t
+        .tv_sec
+        .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let mut nsec = t.tv_nsec + i64::from(d.subsec_nanos());
     if nsec >= 1_000_000_000 {
         nsec -= 1_000_000_000;
         sec = sec.saturating_add(1);
     }
-    Timespec { tv_sec: sec, tv_nsec: nsec as _ }
+    Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    }
 }
 
 impl Deadline {
@@ -53,7 +58,11 @@ impl Deadline {
         let secs = at.tv_sec - n.tv_sec;
         let nanos = i64::from(at.tv_nsec) - i64::from(n.tv_nsec);
         let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
-        Some(if total <= 0 { Duration::ZERO } else { Duration::from_nanos(total.min(u64::MAX as i128) as u64) })
+        Some(if total <= 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(total.min(u64::MAX as i128) as u64)
+        })
     }
 
     /// Whether the deadline has passed.

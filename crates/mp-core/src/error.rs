@@ -48,11 +48,17 @@ pub enum Error {
 impl Error {
     /// Builds an [`Error::Encode`] for type `T`.
     pub fn encode<T: ?Sized>(reason: impl ToString) -> Self {
-        Error::Encode { type_name: std::any::type_name::<T>(), reason: reason.to_string() }
+        Error::Encode {
+            type_name: std::any::type_name::<T>(),
+            reason: reason.to_string(),
+        }
     }
     /// Builds an [`Error::Decode`] for type `T`.
     pub fn decode<T: ?Sized>(reason: impl ToString) -> Self {
-        Error::Decode { type_name: std::any::type_name::<T>(), reason: reason.to_string() }
+        Error::Decode {
+            type_name: std::any::type_name::<T>(),
+            reason: reason.to_string(),
+        }
     }
     /// Whether this is the peer going away (EOF, EPIPE, ECONNRESET).
     pub fn is_disconnect(&self) -> bool {
@@ -60,7 +66,9 @@ impl Error {
             Error::Eof | Error::TruncatedMessage => true,
             Error::Io(e) => matches!(
                 e.kind(),
-                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+                io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::UnexpectedEof
             ),
             _ => false,
         }

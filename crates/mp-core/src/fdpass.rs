@@ -21,14 +21,21 @@ pub fn send_all(sock: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[BorrowedFd<'_>]) ->
     let total: usize = bufs.iter().map(|b| b.len()).sum();
     let chunks = fds.len().div_ceil(MAX_FDS_PER_SEND);
     if chunks > total {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "more fds than bytes to carry them"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "more fds than bytes to carry them",
+        ));
     }
     let (mut sent, mut next_chunk) = (0usize, 0usize);
     while sent < total {
         let chunk = fds.chunks(MAX_FDS_PER_SEND).nth(next_chunk);
         // While more fd chunks wait behind this one, send a single byte so that each
         // chunk has its own byte to ride on.
-        let limit = if next_chunk + 1 < chunks { 1 } else { usize::MAX };
+        let limit = if next_chunk + 1 < chunks {
+            1
+        } else {
+            usize::MAX
+        };
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(bufs.len());
         let (mut skip, mut room) = (sent, limit);
         for b in bufs {
@@ -45,7 +52,8 @@ pub fn send_all(sock: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[BorrowedFd<'_>]) ->
                 break;
             }
         }
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SEND))];
+        let mut space =
+            [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SEND))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if let Some(c) = chunk {
             if !control.push(SendAncillaryMessage::ScmRights(c)) {
@@ -66,7 +74,10 @@ pub fn send_all(sock: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[BorrowedFd<'_>]) ->
 }
 
 fn wait_writable(sock: BorrowedFd<'_>) -> io::Result<()> {
-    let mut p = [rustix::event::PollFd::new(&sock, rustix::event::PollFlags::OUT)];
+    let mut p = [rustix::event::PollFd::new(
+        &sock,
+        rustix::event::PollFlags::OUT,
+    )];
     match rustix::event::poll(&mut p, None) {
         Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
         Err(e) => Err(e.into()),
@@ -76,7 +87,12 @@ fn wait_writable(sock: BorrowedFd<'_>) -> io::Result<()> {
 /// Receives some bytes into `buf` (0 means end of file), appending any fds that came
 /// with them to `fds` (received with `O_CLOEXEC`). `nonblocking` returns `WouldBlock`
 /// instead of waiting.
-pub fn recv_some(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>, nonblocking: bool) -> io::Result<usize> {
+pub fn recv_some(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    nonblocking: bool,
+) -> io::Result<usize> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SEND))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut flags = RecvFlags::CMSG_CLOEXEC;
@@ -93,7 +109,9 @@ pub fn recv_some(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>, n
                     }
                 }
                 if msg.flags.contains(ReturnFlags::CTRUNC) {
-                    return Err(io::Error::other("received fds were truncated (too many in one message)"));
+                    return Err(io::Error::other(
+                        "received fds were truncated (too many in one message)",
+                    ));
                 }
                 return Ok(msg.bytes);
             }
@@ -113,7 +131,10 @@ pub struct FdReader<'a> {
 impl<'a> FdReader<'a> {
     /// Reads from `sock`.
     pub fn new(sock: BorrowedFd<'a>) -> Self {
-        FdReader { sock, fds: Vec::new() }
+        FdReader {
+            sock,
+            fds: Vec::new(),
+        }
     }
 }
 
@@ -122,7 +143,10 @@ impl Read for FdReader<'_> {
         loop {
             match recv_some(self.sock, buf, &mut self.fds, false) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let mut p = [rustix::event::PollFd::new(&self.sock, rustix::event::PollFlags::IN)];
+                    let mut p = [rustix::event::PollFd::new(
+                        &self.sock,
+                        rustix::event::PollFlags::IN,
+                    )];
                     match rustix::event::poll(&mut p, None) {
                         Ok(_) | Err(rustix::io::Errno::INTR) => {}
                         Err(e) => return Err(e.into()),
@@ -156,8 +180,16 @@ mod tests {
 
     #[test]
     fn frame_with_many_fds() {
-        let (a, b) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
-        let fds: Vec<OwnedFd> = (0..300).map(|_| std::fs::File::open("/dev/null").unwrap().into()).collect();
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let fds: Vec<OwnedFd> = (0..300)
+            .map(|_| std::fs::File::open("/dev/null").unwrap().into())
+            .collect();
         let payload = vec![7u8; 1000];
         send_frame(a.as_fd(), &payload, &fds).unwrap();
         let (got, got_fds) = recv_frame(b.as_fd(), 1 << 20).unwrap();
@@ -169,7 +201,13 @@ mod tests {
 
     #[test]
     fn closed_peer_is_epipe_not_sigpipe() {
-        let (a, b) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
         drop(b);
         let e = send_frame(a.as_fd(), b"x", &[]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);

@@ -56,12 +56,16 @@ pub enum Header {
 
 /// Parses a header from the start of `buf` (sans-io), checking it against `max`.
 pub fn parse_header(buf: &[u8], max: u64) -> Result<Header> {
-    let Some(first) = buf.get(..4) else { return Ok(Header::NeedMore(4)) };
+    let Some(first) = buf.get(..4) else {
+        return Ok(Header::NeedMore(4));
+    };
     let n = i32::from_be_bytes([first[0], first[1], first[2], first[3]]);
     let (header_len, payload_len) = if n >= 0 {
         (4, n as u64)
     } else if n == -1 {
-        let Some(long) = buf.get(4..12) else { return Ok(Header::NeedMore(12)) };
+        let Some(long) = buf.get(4..12) else {
+            return Ok(Header::NeedMore(12));
+        };
         let mut b = [0u8; 8];
         b.copy_from_slice(long);
         (12, u64::from_be_bytes(b))
@@ -69,9 +73,15 @@ pub fn parse_header(buf: &[u8], max: u64) -> Result<Header> {
         return Err(Error::BadFrame(format!("negative length {n}")));
     };
     if payload_len > max {
-        return Err(Error::FrameTooLarge { len: payload_len, max });
+        return Err(Error::FrameTooLarge {
+            len: payload_len,
+            max,
+        });
     }
-    Ok(Header::Complete { header_len, payload_len })
+    Ok(Header::Complete {
+        header_len,
+        payload_len,
+    })
 }
 
 /// Writes one frame (header and payload) to `w`.
@@ -160,15 +170,36 @@ mod tests {
     #[test]
     fn long_header_and_limits() {
         let mut hb = [0u8; MAX_HEADER];
-        assert_eq!(encode_header(1 << 31, &mut hb), &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0x80, 0, 0, 0]);
-        assert_eq!(parse_header(&hb, u64::MAX).unwrap(), Header::Complete { header_len: 12, payload_len: 1 << 31 });
-        assert!(matches!(parse_header(&hb, 100), Err(Error::FrameTooLarge { .. })));
+        assert_eq!(
+            encode_header(1 << 31, &mut hb),
+            &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0x80, 0, 0, 0]
+        );
+        assert_eq!(
+            parse_header(&hb, u64::MAX).unwrap(),
+            Header::Complete {
+                header_len: 12,
+                payload_len: 1 << 31
+            }
+        );
+        assert!(matches!(
+            parse_header(&hb, 100),
+            Err(Error::FrameTooLarge { .. })
+        ));
         assert_eq!(parse_header(&hb[..6], 100).unwrap(), Header::NeedMore(12));
-        assert!(matches!(parse_header(&[0xff, 0xff, 0xff, 0xfe], 100), Err(Error::BadFrame(_))));
+        assert!(matches!(
+            parse_header(&[0xff, 0xff, 0xff, 0xfe], 100),
+            Err(Error::BadFrame(_))
+        ));
         let mut r: &[u8] = &[0, 0, 0, 5, 1, 2];
-        assert!(matches!(read_frame(&mut r, 10), Err(Error::TruncatedMessage)));
+        assert!(matches!(
+            read_frame(&mut r, 10),
+            Err(Error::TruncatedMessage)
+        ));
         let mut r: &[u8] = &[0, 0];
-        assert!(matches!(read_frame(&mut r, 10), Err(Error::TruncatedMessage)));
+        assert!(matches!(
+            read_frame(&mut r, 10),
+            Err(Error::TruncatedMessage)
+        ));
     }
 
     /// Random input never panics and never allocates past the maximum (a bounded
@@ -181,7 +212,9 @@ mod tests {
             s ^= s >> 7;
             s ^= s << 17;
             let len = (s % 40) as usize;
-            let bytes: Vec<u8> = (0..len).map(|i| (s >> (i % 8 * 8)) as u8 ^ i as u8).collect();
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (s >> (i % 8 * 8)) as u8 ^ i as u8)
+                .collect();
             let mut r = &bytes[..];
             while let Ok(p) = read_frame(&mut r, 64) {
                 assert!(p.len() <= 64);

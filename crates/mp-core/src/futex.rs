@@ -18,7 +18,13 @@ pub fn wait(word: &AtomicU32, expected: u32, deadline: Deadline) -> bool {
     if abs.is_some() && deadline.expired() {
         return false;
     }
-    match futex::wait_bitset(word, futex::Flags::empty(), expected, abs.as_ref(), NonZeroU32::MAX) {
+    match futex::wait_bitset(
+        word,
+        futex::Flags::empty(),
+        expected,
+        abs.as_ref(),
+        NonZeroU32::MAX,
+    ) {
         Ok(()) => true,
         Err(Errno::TIMEDOUT) => false,
         // AGAIN: the value changed; INTR: a signal. Anything else cannot happen with a

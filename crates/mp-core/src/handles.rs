@@ -38,7 +38,9 @@ fn fail(msg: String) -> String {
 }
 
 fn reason(e: postcard::Error) -> String {
-    HANDLE_ERROR.with(|h| h.borrow_mut().take()).unwrap_or_else(|| e.to_string())
+    HANDLE_ERROR
+        .with(|h| h.borrow_mut().take())
+        .unwrap_or_else(|| e.to_string())
 }
 
 const NO_CARRIER: &str =
@@ -51,14 +53,26 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>
 }
 
 /// As [`encode`], appending to `buf` (whose existing bytes are kept).
-pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: Vec<u8>) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+pub fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    buf: Vec<u8>,
+) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
     HANDLE_ERROR.with(|h| h.borrow_mut().take());
     let saved = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
     let res = postcard::to_extend(value, buf);
-    let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), saved)).unwrap_or_default();
+    let fds = OUTGOING
+        .with(|o| std::mem::replace(&mut *o.borrow_mut(), saved))
+        .unwrap_or_default();
     match res {
         Ok(bytes) => Ok((bytes, fds)),
-        Err(e) => Err(Error::encode::<T>(reason(e))),
+        Err(e) => {
+            let mut why = reason(e);
+            if why == postcard::Error::SerdeSerCustom.to_string() {
+                // postcard keeps no text for a custom error: find it again.
+                why = crate::probe::custom_message(value).unwrap_or(why);
+            }
+            Err(Error::encode::<T>(why))
+        }
     }
 }
 
@@ -81,7 +95,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T>
 /// Called by a `Serialize` impl: dups `fd` into the table being built and returns its
 /// index. Fails outside [`encode`].
 pub fn push_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
-    let dup = rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| fail(format!("dup of fd failed: {e}")))?;
+    let dup = rustix::io::fcntl_dupfd_cloexec(fd, 3)
+        .map_err(|e| fail(format!("dup of fd failed: {e}")))?;
     OUTGOING.with(|o| match o.borrow_mut().as_mut() {
         Some(v) => {
             v.push(dup);
@@ -160,7 +175,13 @@ mod tests {
 
     #[test]
     fn nested_values_and_missing_fds() {
-        let v = (1u8, Handle(std::fs::File::open("/dev/null").unwrap()), vec![Handle(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()))]);
+        let v = (
+            1u8,
+            Handle(std::fs::File::open("/dev/null").unwrap()),
+            vec![Handle(OwnedFd::from(
+                std::fs::File::open("/dev/null").unwrap(),
+            ))],
+        );
         let (bytes, fds) = encode(&v).unwrap();
         assert_eq!(fds.len(), 2);
         let back: (u8, Handle<std::fs::File>, Vec<Handle<OwnedFd>>) = decode(&bytes, fds).unwrap();

@@ -27,6 +27,7 @@ pub mod fdpass;
 pub mod frame;
 pub mod futex;
 pub mod handles;
+mod probe;
 mod region;
 
 pub use deadline::Deadline;

@@ -1,5 +1,7 @@
 use crate::{handles, Error, Result};
-use rustix::fs::{fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, SealFlags};
+use rustix::fs::{
+    fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, SealFlags,
+};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::os::fd::{AsFd, OwnedFd};
@@ -31,7 +33,10 @@ impl SharedRegion {
     /// Creates a zero-filled region of `len` bytes (`len > 0`), page-aligned.
     pub fn new(len: usize) -> Result<Self> {
         if len == 0 {
-            return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a shared region cannot be empty")));
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a shared region cannot be empty",
+            )));
         }
         let fd = memfd_create("multiproc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         ftruncate(&fd, len as u64)?;
@@ -43,9 +48,17 @@ impl SharedRegion {
         // SAFETY: a fresh shared mapping of `len` bytes of a memfd whose size is sealed to
         // at least `len`; no existing Rust object lives at the address the kernel picks.
         let p = unsafe {
-            mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0)?
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )?
         };
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| Error::Io(std::io::Error::other("mmap returned null")))?;
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| Error::Io(std::io::Error::other("mmap returned null")))?;
         Ok(SharedRegion { ptr, len, fd })
     }
 

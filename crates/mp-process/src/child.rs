@@ -24,9 +24,17 @@ pub(crate) fn enter_spawned(value: &std::ffi::OsStr) -> ! {
     // Nothing but our bootstrap socket was meant to be inherited.
     // SAFETY: close_range on fds above the bootstrap socket in a process that has just
     // started (init() runs first in main), so no Rust object owns them.
-    unsafe { libc::syscall(libc::SYS_close_range, (CHILD_FD + 1) as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint) };
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            (CHILD_FD + 1) as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
     match rustix::fs::fstat(unsafe_borrow_child_fd()) {
-        Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket => {}
+        Ok(st)
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket => {}
         _ => std::process::exit(EXIT_BOOTSTRAP),
     }
     // SAFETY: the parent put our bootstrap socket at CHILD_FD (checked to be a socket
@@ -71,18 +79,30 @@ fn run(sock: &OwnedFd) -> i32 {
     let boot: Bootstrap = match postcard::from_bytes(&bytes) {
         Ok(b) => b,
         Err(e) => {
-            report(sock, &Outcome::Bootstrap(format!("bad bootstrap message: {e}")), &[]);
+            report(
+                sock,
+                &Outcome::Bootstrap(format!("bad bootstrap message: {e}")),
+                &[],
+            );
             return EXIT_BOOTSTRAP;
         }
     };
     if boot.magic != MAGIC {
-        report(sock, &Outcome::Bootstrap("bootstrap message of another version".into()), &[]);
+        report(
+            sock,
+            &Outcome::Bootstrap("bootstrap message of another version".into()),
+            &[],
+        );
         return EXIT_BOOTSTRAP;
     }
     match ExeId::current() {
         Ok(id) if id == boot.exe => {}
         _ => {
-            report(sock, &Outcome::Bootstrap("the child does not run the parent's executable".into()), &[]);
+            report(
+                sock,
+                &Outcome::Bootstrap("the child does not run the parent's executable".into()),
+                &[],
+            );
             return EXIT_BOOTSTRAP;
         }
     }
@@ -133,7 +153,11 @@ fn become_child(boot: &Bootstrap) {
         s.daemon = boot.daemon;
         s.authkey = boot.authkey;
         s.counter = 0;
-        s.parent = Some(ParentProcess { pid: boot.parent_pid, name: boot.parent_name.clone(), pidfd: parent_pidfd.clone() });
+        s.parent = Some(ParentProcess {
+            pid: boot.parent_pid,
+            name: boot.parent_name.clone(),
+            pidfd: parent_pidfd.clone(),
+        });
     }
     if boot.daemon {
         // A daemon dies with its parent (Python leaves it running if the parent is
@@ -141,17 +165,28 @@ fn become_child(boot: &Bootstrap) {
         // whichever thread of the parent started us.
         match parent_pidfd {
             Some(fd) if parent_alive => {
-                let _ = std::thread::Builder::new().name("multiproc-parent-watch".into()).spawn(move || loop {
-                    let mut p = [rustix::event::PollFd::new(&*fd, rustix::event::PollFlags::IN)];
-                    if let Ok(n) = rustix::event::poll(&mut p, None) {
-                        if n > 0 {
-                            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+                let _ = std::thread::Builder::new()
+                    .name("multiproc-parent-watch".into())
+                    .spawn(move || loop {
+                        let mut p = [rustix::event::PollFd::new(
+                            &*fd,
+                            rustix::event::PollFlags::IN,
+                        )];
+                        if let Ok(n) = rustix::event::poll(&mut p, None) {
+                            if n > 0 {
+                                let _ = rustix::process::kill_process(
+                                    rustix::process::getpid(),
+                                    rustix::process::Signal::KILL,
+                                );
+                            }
                         }
-                    }
-                });
+                    });
             }
             _ => {
-                let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                );
             }
         }
     }
@@ -171,7 +206,9 @@ fn install_panic_hook() {
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let message = payload_text(info.payload());
-        let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
         *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some((message, location));
         prev(info);
     }));

@@ -70,15 +70,27 @@ pub fn set_start_method(method: StartMethod, force: bool) -> Result<(), ProcessE
 /// `MULTIPROC_START_METHOD` environment variable, else [`StartMethod::Spawn`].
 pub fn get_start_method() -> StartMethod {
     let d = DEFAULT.lock().unwrap_or_else(|p| p.into_inner());
-    d.or_else(|| std::env::var(START_METHOD_ENV).ok().and_then(|v| v.parse().ok()))
-        .unwrap_or(StartMethod::Spawn)
+    d.or_else(|| {
+        std::env::var(START_METHOD_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+    })
+    .unwrap_or(StartMethod::Spawn)
 }
 
 /// Every start method this platform supports (all three on Linux), the default first.
 pub fn get_all_start_methods() -> Vec<StartMethod> {
     let d = get_start_method();
     let mut v = vec![d];
-    v.extend([StartMethod::Spawn, StartMethod::Forkserver, StartMethod::Fork].into_iter().filter(|m| *m != d));
+    v.extend(
+        [
+            StartMethod::Spawn,
+            StartMethod::Forkserver,
+            StartMethod::Fork,
+        ]
+        .into_iter()
+        .filter(|m| *m != d),
+    );
     v
 }
 
@@ -91,7 +103,9 @@ pub struct Context {
 
 /// The context of `method`, or of the default start method for `None`.
 pub fn get_context(method: Option<StartMethod>) -> Context {
-    Context { method: method.unwrap_or_else(get_start_method) }
+    Context {
+        method: method.unwrap_or_else(get_start_method),
+    }
 }
 
 impl Context {

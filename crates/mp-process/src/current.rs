@@ -52,7 +52,11 @@ pub struct CurrentProcess {
 /// The calling process's name, pid and place in its process tree.
 pub fn current_process() -> CurrentProcess {
     let s = state();
-    let name = if s.initialized || !s.name.is_empty() { s.name.clone() } else { "MainProcess".to_string() };
+    let name = if s.name.is_empty() {
+        "MainProcess".to_string()
+    } else {
+        s.name.clone()
+    };
     CurrentProcess {
         name,
         pid: rustix::process::getpid().as_raw_nonzero().get(),
@@ -82,7 +86,10 @@ impl ParentProcess {
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let Some(fd) = &self.pidfd else { return true };
         let mut fds = [PollFd::new(&**fd, PollFlags::IN)];
-        let ts = Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: timeout.subsec_nanos() as _ };
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
         matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0)
     }
 }
@@ -96,7 +103,9 @@ pub fn parent_process() -> Option<ParentProcess> {
 pub fn cpu_count() -> usize {
     match rustix::thread::sched_getaffinity(None) {
         Ok(set) => set.count().max(1) as usize,
-        Err(_) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        Err(_) => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
     }
 }
 
@@ -104,6 +113,9 @@ pub fn cpu_count() -> usize {
 pub(crate) fn thread_count() -> usize {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
-        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(17)?.parse().ok()))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(17)?.parse().ok())
+        })
         .unwrap_or(usize::MAX)
 }

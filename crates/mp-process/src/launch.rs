@@ -25,7 +25,12 @@ pub(crate) const BOOTSTRAP_ENV: &str = "MULTIPROC_BOOTSTRAP";
 pub(crate) const FORKSERVER_ENV: &str = "MULTIPROC_FORKSERVER";
 
 fn cstring(b: &[u8]) -> io::Result<CString> {
-    CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in an argument or env var"))
+    CString::new(b).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "NUL byte in an argument or env var",
+        )
+    })
 }
 
 /// Re-executes this program with `fd` at [`CHILD_FD`], stdin on /dev/null, an empty
@@ -40,7 +45,9 @@ pub(crate) fn spawn_exec(fd: &OwnedFd, marker: &str) -> io::Result<Pid> {
         fd.as_raw_fd()
     };
     let path = cstring(b"/proc/self/exe")?;
-    let argv0 = std::env::args_os().next().unwrap_or_else(|| OsString::from("multiproc-child"));
+    let argv0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| OsString::from("multiproc-child"));
     let argv_c = [cstring(argv0.as_bytes())?];
     let mut env_c = Vec::new();
     for (k, v) in std::env::vars_os() {
@@ -53,10 +60,16 @@ pub(crate) fn spawn_exec(fd: &OwnedFd, marker: &str) -> io::Result<Pid> {
         env_c.push(cstring(&kv)?);
     }
     env_c.push(cstring(format!("{marker}={CHILD_FD}").as_bytes())?);
-    let argv: Vec<*mut libc::c_char> =
-        argv_c.iter().map(|c| c.as_ptr() as *mut libc::c_char).chain([std::ptr::null_mut()]).collect();
-    let envp: Vec<*mut libc::c_char> =
-        env_c.iter().map(|c| c.as_ptr() as *mut libc::c_char).chain([std::ptr::null_mut()]).collect();
+    let argv: Vec<*mut libc::c_char> = argv_c
+        .iter()
+        .map(|c| c.as_ptr() as *mut libc::c_char)
+        .chain([std::ptr::null_mut()])
+        .collect();
+    let envp: Vec<*mut libc::c_char> = env_c
+        .iter()
+        .map(|c| c.as_ptr() as *mut libc::c_char)
+        .chain([std::ptr::null_mut()])
+        .collect();
     let devnull = cstring(b"/dev/null")?;
 
     // SAFETY: every pointer handed to libc below points into a live local (the CStrings
@@ -79,16 +92,32 @@ pub(crate) fn spawn_exec(fd: &OwnedFd, marker: &str) -> io::Result<Pid> {
         let mut pid: libc::pid_t = 0;
         rc = libc::posix_spawn_file_actions_adddup2(&mut fa, src, CHILD_FD);
         if rc == 0 {
-            rc = libc::posix_spawn_file_actions_addopen(&mut fa, 0, devnull.as_ptr(), libc::O_RDONLY, 0);
+            rc = libc::posix_spawn_file_actions_addopen(
+                &mut fa,
+                0,
+                devnull.as_ptr(),
+                libc::O_RDONLY,
+                0,
+            );
         }
         if rc == 0 {
-            rc = libc::posix_spawnattr_setflags(&mut attr, libc::POSIX_SPAWN_SETSIGMASK as libc::c_short);
+            rc = libc::posix_spawnattr_setflags(
+                &mut attr,
+                libc::POSIX_SPAWN_SETSIGMASK as libc::c_short,
+            );
         }
         if rc == 0 {
             rc = libc::posix_spawnattr_setsigmask(&mut attr, &empty);
         }
         if rc == 0 {
-            rc = libc::posix_spawn(&mut pid, path.as_ptr(), &fa, &attr, argv.as_ptr(), envp.as_ptr());
+            rc = libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                &fa,
+                &attr,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            );
         }
         libc::posix_spawn_file_actions_destroy(&mut fa);
         libc::posix_spawnattr_destroy(&mut attr);
@@ -110,7 +139,12 @@ fn after_fork(fd: &OwnedFd) -> ! {
         if raw != CHILD_FD && libc::dup2(raw, CHILD_FD) < 0 {
             libc::_exit(70);
         }
-        libc::syscall(libc::SYS_close_range, (CHILD_FD + 1) as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint);
+        libc::syscall(
+            libc::SYS_close_range,
+            (CHILD_FD + 1) as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
         child::forget_inherited();
         child::child_main(OwnedFd::from_raw_fd(CHILD_FD))
     }
@@ -124,13 +158,20 @@ pub(crate) fn fork(fd: &OwnedFd, allow_threads: bool) -> Result<Pid, ProcessErro
             return Err(ProcessError::ForkWithThreads { threads });
         }
     }
+    // Unflushed output would otherwise be written twice, once by each process.
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+    }
     // SAFETY: fork in a single-threaded process (checked above, or explicitly allowed
     // by the caller, who takes on that other threads' locks may be held); the child
     // only runs our bootstrap and the target, then exits without returning.
     match unsafe { libc::fork() } {
         -1 => Err(ProcessError::Start(io::Error::last_os_error())),
         0 => after_fork(fd),
-        pid => Pid::from_raw(pid).ok_or_else(|| ProcessError::Start(io::Error::other("fork returned pid 0"))),
+        pid => Pid::from_raw(pid)
+            .ok_or_else(|| ProcessError::Start(io::Error::other("fork returned pid 0"))),
     }
 }
 
@@ -150,11 +191,20 @@ const SERVER_REPLY: Duration = Duration::from_secs(30);
 
 fn start_server() -> io::Result<Server> {
     use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-    let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    let (ours, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
     let pid = spawn_exec(&theirs, FORKSERVER_ENV)?;
     drop(theirs);
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
-    Ok(Server { pid, pidfd, control: ours })
+    Ok(Server {
+        pid,
+        pidfd,
+        control: ours,
+    })
 }
 
 fn reap_server(s: Server) {
@@ -181,7 +231,9 @@ fn ask(server: &Server, fd: &OwnedFd) -> mp_core::Result<Pid> {
         }
     }
     let (reply, _) = recv_frame(server.control.as_fd(), 16)?;
-    let raw = <[u8; 4]>::try_from(&reply[..]).map(i32::from_be_bytes).map_err(|_| mp_core::Error::BadFrame("bad forkserver reply".into()))?;
+    let raw = <[u8; 4]>::try_from(&reply[..])
+        .map(i32::from_be_bytes)
+        .map_err(|_| mp_core::Error::BadFrame("bad forkserver reply".into()))?;
     if raw < 0 {
         return Err(mp_core::Error::Io(io::Error::from_raw_os_error(-raw)));
     }
@@ -194,9 +246,14 @@ pub(crate) fn forkserver(fd: &OwnedFd) -> Result<Pid, ProcessError> {
     let mut last = String::new();
     for _ in 0..2 {
         if guard.is_none() {
-            *guard = Some(start_server().map_err(|e| ProcessError::Forkserver(format!("could not start it: {e}")))?);
+            *guard = Some(
+                start_server()
+                    .map_err(|e| ProcessError::Forkserver(format!("could not start it: {e}")))?,
+            );
         }
-        let Some(server) = guard.as_ref() else { continue };
+        let Some(server) = guard.as_ref() else {
+            continue;
+        };
         match ask(server, fd) {
             Ok(pid) => return Ok(pid),
             Err(e) => {
@@ -208,12 +265,18 @@ pub(crate) fn forkserver(fd: &OwnedFd) -> Result<Pid, ProcessError> {
             }
         }
     }
-    Err(ProcessError::Forkserver(format!("it failed twice, last with: {last}")))
+    Err(ProcessError::Forkserver(format!(
+        "it failed twice, last with: {last}"
+    )))
 }
 
 /// The pid of the running forkserver, if one was started (for tests and diagnostics).
 pub fn forkserver_pid() -> Option<i32> {
-    SERVER.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|s| s.pid.as_raw_nonzero().get())
+    SERVER
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|s| s.pid.as_raw_nonzero().get())
 }
 
 /// Forgets the forkserver connection without closing it (in a forked child, whose
@@ -236,15 +299,32 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
             Ok(r) => r,
             Err(_) => std::process::exit(0),
         };
-        let Some(fd) = fds.pop() else { std::process::exit(1) };
+        let Some(fd) = fds.pop() else {
+            std::process::exit(1)
+        };
         // SAFETY: the server is single-threaded (it runs only this loop, started fresh by
         // exec), so a clone without CLONE_VM is a plain fork; the child never returns
         // into this loop.
-        let pid = unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
         if pid == 0 {
             after_fork(&fd);
         }
-        let reply = if pid < 0 { -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EAGAIN) } else { pid as i32 };
+        let reply = if pid < 0 {
+            -io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EAGAIN)
+        } else {
+            pid as i32
+        };
         drop(fd);
         if send_frame(control.as_fd(), &reply.to_be_bytes(), &[]).is_err() {
             std::process::exit(0);

@@ -47,7 +47,10 @@ mod process;
 mod target;
 mod wire;
 
-pub use context::{get_all_start_methods, get_context, get_start_method, set_start_method, Context, StartMethod, START_METHOD_ENV};
+pub use context::{
+    get_all_start_methods, get_context, get_start_method, set_start_method, Context, StartMethod,
+    START_METHOD_ENV,
+};
 pub use current::{cpu_count, current_process, parent_process, CurrentProcess, ParentProcess};
 pub use error::ProcessError;
 pub use launch::forkserver_pid;

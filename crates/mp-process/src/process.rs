@@ -56,7 +56,10 @@ impl ChildEntry {
             return Some(s);
         }
         loop {
-            match waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
+            match waitid(
+                WaitId::PidFd(self.pidfd.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            ) {
                 Ok(Some(w)) => {
                     let s = match (w.exit_status(), w.terminating_signal()) {
                         (Some(c), _) => ExitStatus::Exited(c),
@@ -88,7 +91,12 @@ impl ChildEntry {
     }
 
     fn signal(&self, sig: Signal) -> Result<(), ProcessError> {
-        if self.status.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        if self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
             return Ok(()); // already reaped: nothing to signal, as Python's terminate()
         }
         match pidfd_send_signal(&self.pidfd, sig) {
@@ -147,7 +155,11 @@ pub fn active_children() -> Vec<ChildInfo> {
     reap_finished();
     children()
         .iter()
-        .map(|c| ChildInfo { pid: c.pid.as_raw_nonzero().get(), name: c.name.clone(), daemon: c.daemon })
+        .map(|c| ChildInfo {
+            pid: c.pid.as_raw_nonzero().get(),
+            name: c.name.clone(),
+            daemon: c.daemon,
+        })
         .collect()
 }
 
@@ -178,7 +190,8 @@ pub fn init() {
             let mut s = state();
             s.initialized = true;
             s.name = "MainProcess".to_string();
-            let _ = rustix::rand::getrandom(&mut s.authkey[..], rustix::rand::GetRandomFlags::empty());
+            let _ =
+                rustix::rand::getrandom(&mut s.authkey[..], rustix::rand::GetRandomFlags::empty());
         }
         extern "C" fn at_exit() {
             let _ = std::panic::catch_unwind(exit_cleanup);
@@ -206,7 +219,15 @@ where
     A: Serialize + DeserializeOwned + 'static,
 {
     pub(crate) fn new(target: F, args: A) -> Self {
-        ProcessBuilder { target, args, name: None, daemon: false, method: None, env: Vec::new(), allow_fork_threads: false }
+        ProcessBuilder {
+            target,
+            args,
+            name: None,
+            daemon: false,
+            method: None,
+            env: Vec::new(),
+            allow_fork_threads: false,
+        }
     }
 
     /// The child's name (`current_process().name` there); default `Process-N`.
@@ -230,7 +251,10 @@ where
 
     /// Sets an environment variable in the child.
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.env.push((key.as_ref().as_bytes().to_vec(), Some(value.as_ref().as_bytes().to_vec())));
+        self.env.push((
+            key.as_ref().as_bytes().to_vec(),
+            Some(value.as_ref().as_bytes().to_vec()),
+        ));
         self
     }
 
@@ -291,22 +315,41 @@ where
             env: self.env,
             args,
         };
-        let boot_bytes = postcard::to_allocvec(&boot).map_err(|e| ProcessError::ArgsEncode(mp_core::Error::encode::<Bootstrap>(e)))?;
+        let boot_bytes = postcard::to_allocvec(&boot)
+            .map_err(|e| ProcessError::ArgsEncode(mp_core::Error::encode::<Bootstrap>(e)))?;
 
         use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-        let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+        let (ours, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
         let pid = match method {
-            StartMethod::Spawn => launch::spawn_exec(&theirs, launch::BOOTSTRAP_ENV).map_err(ProcessError::Start)?,
+            StartMethod::Spawn => {
+                launch::spawn_exec(&theirs, launch::BOOTSTRAP_ENV).map_err(ProcessError::Start)?
+            }
             StartMethod::Fork => launch::fork(&theirs, self.allow_fork_threads)?,
             StartMethod::Forkserver => launch::forkserver(&theirs)?,
         };
         drop(theirs);
         let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
-        let entry = Arc::new(ChildEntry { pid, pidfd, daemon: self.daemon, name, status: Mutex::new(None) });
+        let entry = Arc::new(ChildEntry {
+            pid,
+            pidfd,
+            daemon: self.daemon,
+            name,
+            status: Mutex::new(None),
+        });
         children().push(entry.clone());
         // If the child died before reading, join reports how it ended.
         let _ = send_frame(ours.as_fd(), &boot_bytes, &fds);
-        Ok(Process { entry, reply: Reply::Pending(ours), method, _result: PhantomData })
+        Ok(Process {
+            entry,
+            reply: Reply::Pending(ours),
+            method,
+            _result: PhantomData,
+        })
     }
 }
 
@@ -381,10 +424,17 @@ impl<R: DeserializeOwned> Process<R> {
             }
             let got = recv_frame(sock.as_fd(), MAX_FRAME)
                 .ok()
-                .and_then(|(bytes, fds)| postcard::from_bytes::<Outcome>(&bytes).ok().map(|o| (o, fds)));
+                .and_then(|(bytes, fds)| {
+                    postcard::from_bytes::<Outcome>(&bytes)
+                        .ok()
+                        .map(|o| (o, fds))
+                });
             self.reply = Reply::Read(got);
         }
-        let status = self.entry.reap(deadline).ok_or(ProcessError::Timeout(timeout))?;
+        let status = self
+            .entry
+            .reap(deadline)
+            .ok_or(ProcessError::Timeout(timeout))?;
         children().retain(|c| !Arc::ptr_eq(c, &self.entry));
         match std::mem::replace(&mut self.reply, Reply::Taken) {
             Reply::Taken => Err(ProcessError::AlreadyJoined),
@@ -392,7 +442,9 @@ impl<R: DeserializeOwned> Process<R> {
             Reply::Read(Some((Outcome::Ok(bytes), fds))) => {
                 mp_core::handles::decode(&bytes, fds).map_err(ProcessError::ResultDecode)
             }
-            Reply::Read(Some((Outcome::Panicked { message, location }, _))) => Err(ProcessError::Panicked { message, location }),
+            Reply::Read(Some((Outcome::Panicked { message, location }, _))) => {
+                Err(ProcessError::Panicked { message, location })
+            }
             Reply::Read(Some((Outcome::ResultEncode(m), _))) => Err(ProcessError::ResultEncode(m)),
             Reply::Read(Some((Outcome::Bootstrap(m), _))) => Err(ProcessError::Bootstrap(m)),
             Reply::Read(None) => Err(match status {

@@ -44,7 +44,8 @@ impl_target!(A1, A2, A3, A4, A5, A6);
 
 /// The signature of every trampoline: arguments and their fds in, an outcome (and the
 /// result's fds) out. `type_hash` is checked before anything else runs.
-pub(crate) type Entry = fn(type_hash: u64, args: &[u8], fds: Vec<OwnedFd>) -> (Outcome, Vec<OwnedFd>);
+pub(crate) type Entry =
+    fn(type_hash: u64, args: &[u8], fds: Vec<OwnedFd>) -> (Outcome, Vec<OwnedFd>);
 
 /// The anchor every trampoline offset is measured from.
 #[inline(never)]
@@ -56,7 +57,11 @@ pub(crate) fn anchor(_: u64, _: &[u8], _: Vec<OwnedFd>) -> (Outcome, Vec<OwnedFd
 /// check, after the executable's identity, that both sides mean the same function.
 pub(crate) fn type_hash<F: Target<A>, A>() -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for name in [std::any::type_name::<F>(), std::any::type_name::<A>(), std::any::type_name::<F::Output>()] {
+    for name in [
+        std::any::type_name::<F>(),
+        std::any::type_name::<A>(),
+        std::any::type_name::<F::Output>(),
+    ] {
         for b in name.bytes().chain([0]) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
@@ -67,13 +72,25 @@ pub(crate) fn type_hash<F: Target<A>, A>() -> u64 {
 
 /// Runs `F` on decoded arguments in the child. Panics are caught by the caller
 /// (`child::run_entry`), which has the panic hook's message and location.
-fn trampoline<F: Target<A>, A: DeserializeOwned>(hash: u64, args: &[u8], fds: Vec<OwnedFd>) -> (Outcome, Vec<OwnedFd>) {
+fn trampoline<F: Target<A>, A: DeserializeOwned>(
+    hash: u64,
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+) -> (Outcome, Vec<OwnedFd>) {
     if hash != type_hash::<F, A>() {
-        return (Outcome::Bootstrap("the target's type does not match the parent's".into()), Vec::new());
+        return (
+            Outcome::Bootstrap("the target's type does not match the parent's".into()),
+            Vec::new(),
+        );
     }
     let args: A = match mp_core::handles::decode(args, fds) {
         Ok(a) => a,
-        Err(e) => return (Outcome::Bootstrap(format!("arguments could not be decoded: {e}")), Vec::new()),
+        Err(e) => {
+            return (
+                Outcome::Bootstrap(format!("arguments could not be decoded: {e}")),
+                Vec::new(),
+            )
+        }
     };
     let f = conjure::<F>();
     let out = f.call(args);
@@ -85,7 +102,12 @@ fn trampoline<F: Target<A>, A: DeserializeOwned>(hash: u64, args: &[u8], fds: Ve
 
 /// Makes a value of a zero-sized target type.
 fn conjure<F: Copy>() -> F {
-    const { assert!(std::mem::size_of::<F>() == 0, "a process target must be a fn item or a non-capturing closure") };
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "a process target must be a fn item or a non-capturing closure"
+        )
+    };
     // SAFETY: `F` is zero-sized (checked at compile time above), so there are no bytes to
     // initialize; it is inhabited, since the parent held a value of it to start us; and
     // the only zero-sized `Fn` types are fn items and closures whose captures are all
@@ -95,7 +117,12 @@ fn conjure<F: Copy>() -> F {
 
 /// The offset of `F`'s trampoline from the anchor, and its type hash.
 pub(crate) fn locate<F: Target<A>, A: DeserializeOwned>() -> (i64, u64) {
-    const { assert!(std::mem::size_of::<F>() == 0, "a process target must be a fn item or a non-capturing closure") };
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "a process target must be a fn item or a non-capturing closure"
+        )
+    };
     let entry: Entry = trampoline::<F, A>;
     let offset = (entry as usize as i64).wrapping_sub(anchor as Entry as usize as i64);
     (offset, type_hash::<F, A>())

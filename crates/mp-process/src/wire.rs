@@ -26,7 +26,12 @@ pub(crate) struct ExeId {
 impl ExeId {
     pub(crate) fn current() -> std::io::Result<ExeId> {
         let st = rustix::fs::stat("/proc/self/exe")?;
-        Ok(ExeId { dev: st.st_dev, ino: st.st_ino, size: st.st_size, mtime: st.st_mtime })
+        Ok(ExeId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: st.st_mtime,
+        })
     }
 }
 
@@ -53,7 +58,10 @@ pub(crate) enum Outcome {
     /// The target returned; these are its encoded bytes (fds ride beside them).
     Ok(Vec<u8>),
     /// The target panicked.
-    Panicked { message: String, location: Option<String> },
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
     /// The return value failed to serialize.
     ResultEncode(String),
     /// The child could not rebuild its task.
