@@ -1,0 +1,94 @@
+//! Typed state in a [`SharedRegion`]: the memory every primitive lives in.
+use crate::SyncError;
+use mp_core::SharedRegion;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// State that can live in shared memory.
+///
+/// # Safety
+/// The type is `#[repr(C)]`, starts with an `AtomicU32` magic field, and is made only
+/// of atomics (or arrays of them), so that all-zero bytes, and any bytes another process
+/// writes, are a valid value, and it has no `Drop`.
+pub(crate) unsafe trait SharedState: Sized + Send + Sync {
+    /// Written last at creation, checked when a region is received, so that a region
+    /// made for one primitive is never taken for another.
+    const MAGIC: u32;
+    /// The magic field.
+    fn magic(&self) -> &AtomicU32;
+}
+
+/// A `T` in a shared memory region; clones share the mapping.
+pub(crate) struct Shared<T: SharedState> {
+    region: Arc<SharedRegion>,
+    _t: PhantomData<T>,
+}
+
+impl<T: SharedState> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared {
+            region: Arc::clone(&self.region),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: SharedState> Shared<T> {
+    /// Maps a new zeroed `T`, lets `init` set its fields, then publishes the magic.
+    pub(crate) fn new(init: impl FnOnce(&T)) -> Result<Self, SyncError> {
+        let region = SharedRegion::new(std::mem::size_of::<T>())?;
+        let s = Self::check_layout(region).map_err(SyncError::Core)?;
+        init(s.get());
+        s.get().magic().store(T::MAGIC, Ordering::Release);
+        Ok(s)
+    }
+
+    fn check_layout(region: SharedRegion) -> mp_core::Result<Self> {
+        if region.len() < std::mem::size_of::<T>()
+            || region.as_ptr().align_offset(std::mem::align_of::<T>()) != 0
+        {
+            return Err(mp_core::Error::decode::<T>(
+                "shared region too small or misaligned",
+            ));
+        }
+        Ok(Shared {
+            region: Arc::new(region),
+            _t: PhantomData,
+        })
+    }
+
+    /// The state.
+    #[inline]
+    pub(crate) fn get(&self) -> &T {
+        // SAFETY: `check_layout` verified size and alignment; the mapping lives as long as
+        // `self.region`, which the returned borrow cannot outlive; `SharedState`
+        // guarantees any bytes are a valid `T` and that it is only accessed through
+        // atomics, so other processes writing concurrently is no data race.
+        unsafe { &*self.region.as_ptr().cast::<T>() }
+    }
+}
+
+impl<T: SharedState> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.region.serialize(s)
+    }
+}
+
+impl<'de, T: SharedState> Deserialize<'de> for Shared<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let region = SharedRegion::deserialize(d)?;
+        let s = Self::check_layout(region).map_err(serde::de::Error::custom)?;
+        if s.get().magic().load(Ordering::Acquire) != T::MAGIC {
+            return Err(serde::de::Error::custom(format!(
+                "shared region does not hold a {}",
+                std::any::type_name::<T>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("primitive")
+            )));
+        }
+        Ok(s)
+    }
+}
