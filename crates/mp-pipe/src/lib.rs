@@ -1,1 +1,57 @@
-//! Pipe, Connection, wait() and Listener/Client (in progress).
+//! Python's `multiprocessing.Pipe`, `Connection`, `connection.wait`, `Listener` and
+//! `Client`, for Rust processes (and Python ones).
+//!
+//! - [`pipe`] / [`pipe_oneway`] ([`Pipe::new`]): two connected [`Connection`]s over a
+//!   Unix socketpair.
+//! - [`Connection`]: messages with their boundaries kept. Typed [`send`](Connection::send)
+//!   / [`recv`](Connection::recv) of serde values (postcard), raw
+//!   [`send_bytes`](Connection::send_bytes) / [`recv_bytes`](Connection::recv_bytes) /
+//!   [`recv_bytes_into`](Connection::recv_bytes_into) that a Python peer reads and writes
+//!   with the same names, [`poll`](Connection::poll), [`close`](Connection::close).
+//!   Values that hold OS handles (another `Connection`, `mp_core::Handle`) carry their
+//!   fds with SCM_RIGHTS, and a `Connection` is itself `Serialize + Deserialize`, so it
+//!   travels as a process argument or inside a message.
+//! - [`wait`]: readiness across Connections, sockets and process sentinels at once.
+//! - [`Listener`] / [`Client`]: Unix sockets (paths and Linux abstract names) and TCP,
+//!   with the authkey challenge of Python's `multiprocessing.connection` (the
+//!   `{sha256}` HMAC of 3.12 and the MD5 answer of 3.11), so Rust and Python programs
+//!   talk to each other.
+//!
+//! ```
+//! use mp_pipe::{pipe, PipeError};
+//! use std::time::Duration;
+//!
+//! let (mut parent, mut child) = pipe()?;
+//! // A connection travels inside a message: its fd goes along with SCM_RIGHTS.
+//! let (mut a, b) = pipe()?;
+//! parent.send(&("here is a pipe", b))?;
+//! let (note, mut b): (String, mp_pipe::Connection) = child.recv()?;
+//! assert_eq!(note, "here is a pipe");
+//! a.send(&vec![1u32, 2, 3])?;
+//! assert_eq!(b.recv::<Vec<u32>>()?, [1, 2, 3]);
+//!
+//! // Raw bytes, as Python's send_bytes / recv_bytes.
+//! child.send_bytes(b"abc")?;
+//! assert!(parent.poll(Some(Duration::from_secs(5)))?);
+//! let mut buf = [0u8; 2];
+//! match parent.recv_bytes_into(&mut buf) {
+//!     Err(PipeError::BufferTooShort(whole)) => assert_eq!(whole, b"abc"),
+//!     other => panic!("{other:?}"),
+//! }
+//!
+//! // End of file once the peer is gone and the data drained.
+//! drop(child);
+//! assert!(matches!(parent.recv::<u8>(), Err(PipeError::Eof)));
+//! # Ok::<(), PipeError>(())
+//! ```
+#![warn(missing_docs, unsafe_op_in_unsafe_fn)]
+
+mod connection;
+mod error;
+mod listener;
+mod wait;
+
+pub use connection::{pipe, pipe_oneway, Connection, Pipe, DEFAULT_MAX_MESSAGE, MAX_FDS_PER_MESSAGE};
+pub use error::{PipeError, Result};
+pub use listener::{connect, Address, Client, Listener, HANDSHAKE_MAX};
+pub use wait::{wait, Waitable};

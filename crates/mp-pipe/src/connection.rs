@@ -1,0 +1,713 @@
+//! [`Connection`] and the two kinds of [`Pipe`]: framing, buffering and fd accounting.
+//!
+//! # Wire format
+//!
+//! Every message is one frame of Python's `multiprocessing.connection` (a 4-byte signed
+//! big-endian length, or `-1` and an 8-byte length). Raw messages
+//! ([`Connection::send_bytes`]) are the payload itself, byte for byte, so a Python peer
+//! reads them with `recv_bytes()`. A typed message ([`Connection::send`]) is a payload
+//! of: a LEB128 varint giving how many fds travel with the message, then the value in
+//! postcard, whose handles (Connections, `Handle`s ...) are indices into those fds.
+//!
+//! # Fd accounting
+//!
+//! The fds of a typed message ride with SCM_RIGHTS on the first bytes of its frame, so
+//! they arrive no later than its header. A Unix stream socket may hand several messages
+//! to one `recvmsg`, so received fds wait in a FIFO and each typed message takes as many
+//! as its count says. At most [`MAX_FDS_PER_MESSAGE`] fds go in one message: the kernel
+//! carries 253 per `sendmsg`, each batch on its own byte, and this keeps all of them
+//! within the 4 header bytes.
+//!
+//! # Buffering
+//!
+//! Reads go through a 64 KiB buffer, filled with as much as one `recvmsg` returns: a
+//! small message costs one system call to send and one to receive, and a burst of them
+//! often less. A message larger than the buffer is read straight into its own vector
+//! (or into the caller's buffer), without zeroing it first. [`Connection::poll`] and
+//! [`wait`](crate::wait) see buffered bytes.
+use crate::error::{PipeError, Result};
+use mp_core::frame::{self, Header, MAX_HEADER};
+use mp_core::handles;
+use rustix::net::{SendAncillaryBuffer, SendFlags};
+use serde::de::DeserializeOwned;
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+/// The largest message a new [`Connection`] accepts: 1 GiB. A frame announcing more is
+/// refused before anything is allocated; see [`Connection::set_max_message_size`].
+pub const DEFAULT_MAX_MESSAGE: u64 = 1 << 30;
+
+/// The most fds one typed message may carry (four SCM_RIGHTS batches of 253).
+pub const MAX_FDS_PER_MESSAGE: usize = 4 * mp_core::fdpass::MAX_FDS_PER_SEND;
+
+/// Size of the read buffer; larger messages bypass it.
+const READ_BUF: usize = 64 * 1024;
+/// Up to this much is allocated up front for a large message once its header is read;
+/// beyond it, the vector grows as bytes arrive.
+const EAGER_ALLOC: usize = 64 << 20;
+/// A typed send keeps its encoding buffer for the next send up to this capacity.
+const KEEP_WRITE_BUF: usize = 4 << 20;
+/// Longest LEB128 encoding of a `u32`.
+const MAX_VARINT: usize = 5;
+
+/// One end of a [`Pipe`], or a connection made by a [`Listener`](crate::Listener) or
+/// [`Client`](crate::Client): Python's `multiprocessing.connection.Connection`.
+///
+/// A `Connection` is `Serialize + Deserialize` through `mp_core`'s handle table, so it
+/// can be a process argument or travel inside a message over another `Connection`
+/// (its fd goes with SCM_RIGHTS). The sender keeps its own copy open.
+///
+/// Methods that receive take `&mut self`: a connection has one reader at a time.
+pub struct Connection {
+    fd: Option<OwnedFd>,
+    readable: bool,
+    writable: bool,
+    /// An `AF_UNIX` socket, which can carry fds.
+    unix: bool,
+    max_message: u64,
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    /// Fds received and not yet claimed by a typed message, in arrival order.
+    fds: VecDeque<OwnedFd>,
+    wbuf: Vec<u8>,
+    read_state: ReadState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadState {
+    Ok,
+    /// The peer closed mid-message: every later receive is end of file.
+    Eof,
+    /// An oversized or malformed frame: boundaries are lost.
+    Broken,
+}
+
+/// A payload just read: in the read buffer (already consumed), or in its own vector.
+enum Payload {
+    Buffered { start: usize, len: usize },
+    Owned(Vec<u8>),
+}
+
+/// Python's `Pipe(duplex)`: [`Pipe::new`]`(true)` is [`pipe`], `Pipe::new(false)` is
+/// [`pipe_oneway`].
+#[derive(Debug)]
+pub struct Pipe;
+
+impl Pipe {
+    /// A duplex pair (`duplex = true`), or `(reader, writer)` (`duplex = false`).
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(duplex: bool) -> Result<(Connection, Connection)> {
+        if duplex {
+            pipe()
+        } else {
+            pipe_oneway()
+        }
+    }
+}
+
+fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    Ok(socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?)
+}
+
+/// Two connected duplex [`Connection`]s over a Unix socketpair.
+///
+/// ```
+/// let (mut a, mut b) = mp_pipe::pipe()?;
+/// a.send(&(1u8, "one".to_string()))?;
+/// assert_eq!(b.recv::<(u8, String)>()?, (1, "one".to_string()));
+/// b.send_bytes(b"")?; // an empty message is a message
+/// assert_eq!(a.recv_bytes()?, b"");
+/// # Ok::<(), mp_pipe::PipeError>(())
+/// ```
+pub fn pipe() -> Result<(Connection, Connection)> {
+    let (a, b) = socketpair()?;
+    Ok((Connection::new(a, true, true, true), Connection::new(b, true, true, true)))
+}
+
+/// A one-way pipe: `(reader, writer)`. Sending on the reader, or receiving or polling
+/// on the writer, is an error ([`PipeError::ReadOnly`] / [`PipeError::WriteOnly`]).
+///
+/// It is a socketpair with one direction shut down (not an OS pipe), so it too carries
+/// fds and Connections.
+pub fn pipe_oneway() -> Result<(Connection, Connection)> {
+    use rustix::net::{shutdown, Shutdown};
+    let (r, w) = socketpair()?;
+    shutdown(&r, Shutdown::Write)?;
+    shutdown(&w, Shutdown::Read)?;
+    Ok((Connection::new(r, true, false, true), Connection::new(w, false, true, true)))
+}
+
+impl Connection {
+    fn new(fd: OwnedFd, readable: bool, writable: bool, unix: bool) -> Self {
+        Connection {
+            fd: Some(fd),
+            readable,
+            writable,
+            unix,
+            max_message: DEFAULT_MAX_MESSAGE,
+            rbuf: Vec::new(),
+            rstart: 0,
+            rend: 0,
+            fds: VecDeque::new(),
+            wbuf: Vec::new(),
+            read_state: ReadState::Ok,
+        }
+    }
+
+    /// Wraps a connected stream socket (Unix or TCP). At least one of `readable` and
+    /// `writable` must be true. Only a Unix socket carries fds.
+    pub fn from_fd(fd: OwnedFd, readable: bool, writable: bool) -> Result<Self> {
+        if !readable && !writable {
+            return Err(PipeError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "at least one of readable and writable must be true",
+            )));
+        }
+        let unix = rustix::net::sockopt::socket_domain(&fd)? == rustix::net::AddressFamily::UNIX;
+        Ok(Connection::new(fd, readable, writable, unix))
+    }
+
+    /// Whether this end may receive.
+    pub fn readable(&self) -> bool {
+        self.readable
+    }
+
+    /// Whether this end may send.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn closed(&self) -> bool {
+        self.fd.is_none()
+    }
+
+    /// The socket, for use with other event loops. [`PipeError::Closed`] after close.
+    ///
+    /// A `Connection` does not implement `AsFd`: it may hold buffered messages that the
+    /// fd alone does not show. [`wait`](crate::wait) and [`poll`](Self::poll) know this.
+    pub fn fd(&self) -> Result<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd()).ok_or(PipeError::Closed)
+    }
+
+    /// The largest message this end accepts.
+    pub fn max_message_size(&self) -> u64 {
+        self.max_message
+    }
+
+    /// Sets the largest message this end accepts (default [`DEFAULT_MAX_MESSAGE`]). A
+    /// frame announcing more is refused with [`PipeError::FrameTooLarge`] before any
+    /// allocation, and the read side becomes unusable, as in Python.
+    pub fn set_max_message_size(&mut self, max: u64) {
+        self.max_message = max;
+    }
+
+    /// Closes the connection. Idempotent; dropping it closes it too.
+    pub fn close(&mut self) {
+        self.fd = None;
+        self.fds.clear();
+        self.rbuf = Vec::new();
+        self.rstart = 0;
+        self.rend = 0;
+    }
+
+    /// Whether a received message (or part of one) waits in the buffer.
+    pub(crate) fn has_buffered(&self) -> bool {
+        self.rend > self.rstart
+    }
+
+    /// Whether a receive would return at once without a system call: a message (or
+    /// part of one) is buffered, or the read side can only give an error.
+    pub(crate) fn ready_without_io(&self) -> bool {
+        self.has_buffered() || self.read_state != ReadState::Ok
+    }
+
+    // ----- sending -----
+
+    fn write_fd(&self) -> Result<BorrowedFd<'_>> {
+        let fd = self.fd.as_ref().ok_or(PipeError::Closed)?;
+        if !self.writable {
+            return Err(PipeError::ReadOnly);
+        }
+        Ok(fd.as_fd())
+    }
+
+    /// Sends `data` as one message, byte for byte (Python's `send_bytes`).
+    pub fn send_bytes(&mut self, data: &[u8]) -> Result<()> {
+        let fd = self.write_fd()?;
+        let mut hb = [0u8; MAX_HEADER];
+        let header = frame::encode_header(data.len(), &mut hb);
+        send_slices(fd, &[header, data])
+    }
+
+    /// Sends a value as one message (postcard; handles it holds travel as fds).
+    ///
+    /// A value that fails to encode is an error here, in the sender, and nothing is
+    /// sent. Over TCP, a value holding handles is an [`PipeError::Encode`] error.
+    pub fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        self.write_fd()?;
+        // Room for the 4-byte header and a 1-byte fd count, filled in after encoding.
+        let mut buf = std::mem::take(&mut self.wbuf);
+        buf.clear();
+        buf.extend_from_slice(&[0u8; 5]);
+        let (mut buf, fds) = handles::encode_into(value, buf)?;
+        let count = fds.len();
+        if count > 0 && !self.unix {
+            return Err(PipeError::Encode {
+                type_name: std::any::type_name::<T>(),
+                reason: "OS handles can only travel over a Unix socket, not TCP".into(),
+            });
+        }
+        if count > MAX_FDS_PER_MESSAGE {
+            return Err(PipeError::Encode {
+                type_name: std::any::type_name::<T>(),
+                reason: format!("{count} handles in one message; at most {MAX_FDS_PER_MESSAGE} may travel together"),
+            });
+        }
+        if count < 0x80 {
+            buf[4] = count as u8;
+        } else {
+            let mut v = [0u8; MAX_VARINT];
+            let n = encode_varint(count as u32, &mut v);
+            buf.splice(4..5, v[..n].iter().copied());
+        }
+        let payload_len = buf.len() - 4;
+        let fd = self.write_fd()?;
+        let res = if payload_len <= i32::MAX as usize {
+            buf[..4].copy_from_slice(&(payload_len as i32).to_be_bytes());
+            if fds.is_empty() {
+                send_slices(fd, &[&buf])
+            } else {
+                send_with_fds(fd, &[&buf], &fds)
+            }
+        } else {
+            let mut hb = [0u8; MAX_HEADER];
+            let header = frame::encode_header(payload_len, &mut hb);
+            if fds.is_empty() {
+                send_slices(fd, &[header, &buf[4..]])
+            } else {
+                send_with_fds(fd, &[header, &buf[4..]], &fds)
+            }
+        };
+        if buf.capacity() <= KEEP_WRITE_BUF {
+            self.wbuf = buf;
+        }
+        res
+    }
+
+    // ----- receiving -----
+
+    fn check_readable(&self) -> Result<()> {
+        if self.fd.is_none() {
+            return Err(PipeError::Closed);
+        }
+        if !self.readable {
+            return Err(PipeError::WriteOnly);
+        }
+        match self.read_state {
+            ReadState::Ok => Ok(()),
+            ReadState::Eof => Err(PipeError::Eof),
+            ReadState::Broken => Err(PipeError::Unreadable),
+        }
+    }
+
+    /// Whether a message (or end of file) can be received: waits up to `timeout`
+    /// (`None`: for ever; `Some(Duration::ZERO)`: not at all). Consumes nothing.
+    pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        match self.check_readable() {
+            Ok(()) => {}
+            Err(PipeError::Eof | PipeError::Unreadable) => return Ok(true),
+            Err(e) => return Err(e),
+        }
+        if self.has_buffered() {
+            return Ok(true);
+        }
+        let fd = self.fd()?;
+        Ok(!crate::wait::poll_fds(&[fd], timeout)?.is_empty())
+    }
+
+    /// Receives one message's bytes (Python's `recv_bytes`). A typed message comes
+    /// back with its fd-count prefix; use [`recv`](Self::recv) for those.
+    pub fn recv_bytes(&mut self) -> Result<Vec<u8>> {
+        let max = self.max_message;
+        self.recv_bytes_max(max)
+    }
+
+    /// As [`recv_bytes`](Self::recv_bytes) with a tighter maximum for this message.
+    pub(crate) fn recv_bytes_max(&mut self, max: u64) -> Result<Vec<u8>> {
+        self.check_readable()?;
+        let len = self.read_header(max.min(self.max_message))?;
+        Ok(match self.read_payload(len)? {
+            Payload::Buffered { start, len } => self.rbuf[start..start + len].to_vec(),
+            Payload::Owned(v) => v,
+        })
+    }
+
+    /// Receives one message into `buf`, returning its length. If `buf` is too short,
+    /// the message is consumed and handed back whole in [`PipeError::BufferTooShort`].
+    pub fn recv_bytes_into(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.check_readable()?;
+        let len = self.read_header(self.max_message)?;
+        // `len <= max_message`, which fits in memory if it was accepted.
+        let n = usize::try_from(len).map_err(|_| PipeError::FrameTooLarge { len, max: usize::MAX as u64 })?;
+        if n > buf.len() {
+            return Err(PipeError::BufferTooShort(match self.read_payload(len)? {
+                Payload::Buffered { start, len } => self.rbuf[start..start + len].to_vec(),
+                Payload::Owned(v) => v,
+            }));
+        }
+        if n <= READ_BUF {
+            match self.read_payload(len)? {
+                Payload::Buffered { start, len } => buf[..len].copy_from_slice(&self.rbuf[start..start + len]),
+                Payload::Owned(v) => buf[..v.len()].copy_from_slice(&v),
+            }
+        } else {
+            let have = self.rend - self.rstart;
+            buf[..have].copy_from_slice(&self.rbuf[self.rstart..self.rend]);
+            self.rstart = 0;
+            self.rend = 0;
+            let mut done = have;
+            while done < n {
+                let fd = self.fd()?;
+                match rustix::io::read(fd, &mut buf[done..n]) {
+                    Ok(0) => return Err(self.truncated()),
+                    Ok(k) => done += k,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(rustix::io::Errno::AGAIN) => wait_readable(fd)?,
+                    Err(e) => return Err(self.recv_error(e.into(), true)),
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Receives one typed message sent with [`send`](Self::send).
+    ///
+    /// A message that does not decode as `T` is a [`PipeError::Decode`] naming `T`; it is
+    /// consumed (with its fds) and the connection stays usable.
+    pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
+        self.check_readable()?;
+        let len = self.read_header(self.max_message)?;
+        let payload = self.read_payload(len)?;
+        let bytes: &[u8] = match &payload {
+            Payload::Buffered { start, len } => &self.rbuf[*start..*start + *len],
+            Payload::Owned(v) => v,
+        };
+        let decode_err = |reason: String| PipeError::Decode { type_name: std::any::type_name::<T>(), reason };
+        let (count, used) =
+            decode_varint(bytes).ok_or_else(|| decode_err("the message has no handle count (not a typed message?)".into()))?;
+        let count = count as usize;
+        if count > self.fds.len() {
+            return Err(decode_err(format!(
+                "the message says it carries {count} handles but {} arrived (not a typed message?)",
+                self.fds.len()
+            )));
+        }
+        let fds: Vec<OwnedFd> = self.fds.drain(..count).collect();
+        Ok(handles::decode::<T>(&bytes[used..], fds)?)
+    }
+
+    /// Marks the read side at end of file after a truncated message.
+    fn truncated(&mut self) -> PipeError {
+        self.read_state = ReadState::Eof;
+        self.rstart = 0;
+        self.rend = 0;
+        PipeError::TruncatedMessage
+    }
+
+    /// Maps a receive error; a reset peer is end of file (Linux reports `ECONNRESET`
+    /// when the peer closed with our messages unread).
+    fn recv_error(&mut self, e: io::Error, mid_message: bool) -> PipeError {
+        if e.kind() == io::ErrorKind::ConnectionReset {
+            if mid_message {
+                return self.truncated();
+            }
+            self.read_state = ReadState::Eof;
+            return PipeError::Eof;
+        }
+        PipeError::Io(e)
+    }
+
+    /// Reads once from the socket into the free end of the read buffer.
+    fn fill_some(&mut self, mid_message: bool) -> Result<usize> {
+        if self.rbuf.is_empty() {
+            self.rbuf = vec![0; READ_BUF];
+        }
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+        } else if self.rend == self.rbuf.len() {
+            self.compact();
+        }
+        let Some(fd) = self.fd.as_ref() else { return Err(PipeError::Closed) };
+        match recv_some(fd.as_fd(), &mut self.rbuf[self.rend..], &mut self.fds) {
+            Ok(n) => {
+                self.rend += n;
+                Ok(n)
+            }
+            Err(e) => Err(self.recv_error(e, mid_message)),
+        }
+    }
+
+    fn compact(&mut self) {
+        self.rbuf.copy_within(self.rstart..self.rend, 0);
+        self.rend -= self.rstart;
+        self.rstart = 0;
+    }
+
+    /// Reads and consumes the next frame header, returning the payload length.
+    fn read_header(&mut self, max: u64) -> Result<u64> {
+        loop {
+            match frame::parse_header(&self.rbuf[self.rstart..self.rend], max) {
+                Ok(Header::Complete { header_len, payload_len }) => {
+                    self.rstart += header_len;
+                    return Ok(payload_len);
+                }
+                Ok(Header::NeedMore(_)) => {
+                    let mid = self.has_buffered();
+                    if self.fill_some(mid)? == 0 {
+                        if mid {
+                            return Err(self.truncated());
+                        }
+                        return Err(PipeError::Eof);
+                    }
+                }
+                Err(e) => {
+                    self.read_state = ReadState::Broken;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Reads the `len` payload bytes that follow a header.
+    fn read_payload(&mut self, len: u64) -> Result<Payload> {
+        let n = usize::try_from(len).map_err(|_| PipeError::FrameTooLarge { len, max: usize::MAX as u64 })?;
+        if n <= READ_BUF {
+            while self.rend - self.rstart < n {
+                if self.rstart + n > self.rbuf.len() {
+                    self.compact();
+                }
+                if self.fill_some(true)? == 0 {
+                    return Err(self.truncated());
+                }
+            }
+            let start = self.rstart;
+            self.rstart += n;
+            return Ok(Payload::Buffered { start, len: n });
+        }
+        let mut v = Vec::with_capacity(n.min(EAGER_ALLOC));
+        v.extend_from_slice(&self.rbuf[self.rstart..self.rend]);
+        self.rstart = 0;
+        self.rend = 0;
+        while v.len() < n {
+            if v.len() == v.capacity() {
+                let more = (n - v.len()).min(v.len().max(EAGER_ALLOC));
+                v.reserve_exact(more);
+            }
+            let want = (v.capacity() - v.len()).min(n - v.len());
+            let spare: &mut [MaybeUninit<u8>] = &mut v.spare_capacity_mut()[..want];
+            let fd = self.fd()?;
+            // Plain read(): the fds of this message, if any, came with its header.
+            match rustix::io::read(fd, spare) {
+                Ok(([], _)) => return Err(self.truncated()),
+                Ok((got, _)) => {
+                    let k = got.len();
+                    // SAFETY: `read` initialized the first `k` bytes of the spare capacity
+                    // (it returned them as `got`), so `len + k` bytes are initialized.
+                    unsafe { v.set_len(v.len() + k) };
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => wait_readable(fd)?,
+                Err(e) => return Err(self.recv_error(e.into(), true)),
+            }
+        }
+        Ok(Payload::Owned(v))
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("fd", &self.fd)
+            .field("readable", &self.readable)
+            .field("writable", &self.writable)
+            .field("buffered", &(self.rend - self.rstart))
+            .finish_non_exhaustive()
+    }
+}
+
+// ----- travelling -----
+
+/// The fd's index in the handle table, under the name `mp_core::handles::fd` reads.
+struct FdIndex(u32);
+
+impl Serialize for FdIndex {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_newtype_struct("MpFd", &self.0)
+    }
+}
+
+impl Serialize for Connection {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let fd = self.fd.as_ref().ok_or_else(|| S::Error::custom("a closed Connection cannot travel"))?;
+        if self.has_buffered() || !self.fds.is_empty() {
+            return Err(S::Error::custom(
+                "a Connection holding received, unread data cannot travel (that data would be lost)",
+            ));
+        }
+        let idx = handles::push_fd(fd.as_fd()).map_err(S::Error::custom)?;
+        let mut st = s.serialize_struct("MpConnection", 5)?;
+        st.serialize_field("fd", &FdIndex(idx))?;
+        st.serialize_field("readable", &self.readable)?;
+        st.serialize_field("writable", &self.writable)?;
+        st.serialize_field("unix", &self.unix)?;
+        st.serialize_field("max_message", &self.max_message)?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Connection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "MpConnection")]
+        struct Wire {
+            #[serde(with = "mp_core::handles::fd")]
+            fd: OwnedFd,
+            readable: bool,
+            writable: bool,
+            unix: bool,
+            max_message: u64,
+        }
+        let w = Wire::deserialize(d)?;
+        let mut c = Connection::new(w.fd, w.readable, w.writable, w.unix);
+        c.max_message = w.max_message;
+        Ok(c)
+    }
+}
+
+// ----- system calls -----
+
+/// Writes every byte of `bufs` (no fds) with as few `sendmsg` calls as the kernel allows.
+fn send_slices(fd: BorrowedFd<'_>, bufs: &[&[u8]]) -> Result<()> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut sent = 0;
+    while sent < total {
+        let mut slices = [IoSlice::new(&[]); 3];
+        let mut used = 0;
+        let mut skip = sent;
+        for b in bufs {
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            if used == slices.len() {
+                break;
+            }
+            slices[used] = IoSlice::new(&b[skip..]);
+            skip = 0;
+            used += 1;
+        }
+        match rustix::net::sendmsg(fd, &slices[..used], &mut SendAncillaryBuffer::default(), SendFlags::NOSIGNAL) {
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => wait_writable(fd)?,
+            Err(e) => return Err(send_error(e.into())),
+        }
+    }
+    Ok(())
+}
+
+fn send_with_fds(fd: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[OwnedFd]) -> Result<()> {
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    mp_core::fdpass::send_all(fd, bufs, &borrowed).map_err(send_error)
+}
+
+fn send_error(e: io::Error) -> PipeError {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => PipeError::BrokenPipe,
+        _ => PipeError::Io(e),
+    }
+}
+
+/// One `recvmsg` into `buf`, collecting fds; waits if the socket is non-blocking.
+fn recv_some(fd: BorrowedFd<'_>, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(mp_core::fdpass::MAX_FDS_PER_SEND))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    loop {
+        let mut iov = [io::IoSliceMut::new(buf)];
+        match recvmsg(fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(msg) => {
+                for m in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(it) = m {
+                        fds.extend(it);
+                    }
+                }
+                if msg.flags.contains(ReturnFlags::CTRUNC) {
+                    return Err(io::Error::other("received fds were truncated (out of fds?)"));
+                }
+                return Ok(msg.bytes);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => wait_readable(fd)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    crate::wait::poll_fds(&[fd], None).map(drop).map_err(|e| match e {
+        PipeError::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    })
+}
+
+fn wait_writable(fd: BorrowedFd<'_>) -> Result<()> {
+    let mut p = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::OUT)];
+    match rustix::event::poll(&mut p, None) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn encode_varint(mut v: u32, out: &mut [u8; MAX_VARINT]) -> usize {
+    let mut i = 0;
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out[i] = byte;
+            return i + 1;
+        }
+        out[i] = byte | 0x80;
+        i += 1;
+    }
+}
+
+/// Parses a LEB128 `u32`: the value and the bytes used, or `None` if malformed.
+fn decode_varint(bytes: &[u8]) -> Option<(u32, usize)> {
+    let mut v: u64 = 0;
+    for (i, &b) in bytes.iter().take(MAX_VARINT).enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return u32::try_from(v).ok().map(|v| (v, i + 1));
+        }
+    }
+    None
+}
