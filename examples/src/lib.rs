@@ -1,0 +1,1 @@
+//! The seed programs ported one to one, and a tour: see `examples/`.
