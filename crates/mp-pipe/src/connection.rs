@@ -114,7 +114,12 @@ impl Pipe {
 
 fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
     use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-    Ok(socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?)
+    Ok(socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// Two connected duplex [`Connection`]s over a Unix socketpair.
@@ -129,7 +134,10 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
 /// ```
 pub fn pipe() -> Result<(Connection, Connection)> {
     let (a, b) = socketpair()?;
-    Ok((Connection::new(a, true, true, true), Connection::new(b, true, true, true)))
+    Ok((
+        Connection::new(a, true, true, true),
+        Connection::new(b, true, true, true),
+    ))
 }
 
 /// A one-way pipe: `(reader, writer)`. Sending on the reader, or receiving or polling
@@ -142,7 +150,10 @@ pub fn pipe_oneway() -> Result<(Connection, Connection)> {
     let (r, w) = socketpair()?;
     shutdown(&r, Shutdown::Write)?;
     shutdown(&w, Shutdown::Read)?;
-    Ok((Connection::new(r, true, false, true), Connection::new(w, false, true, true)))
+    Ok((
+        Connection::new(r, true, false, true),
+        Connection::new(w, false, true, true),
+    ))
 }
 
 impl Connection {
@@ -357,7 +368,10 @@ impl Connection {
         self.check_readable()?;
         let len = self.read_header(self.max_message)?;
         // `len <= max_message`, which fits in memory if it was accepted.
-        let n = usize::try_from(len).map_err(|_| PipeError::FrameTooLarge { len, max: usize::MAX as u64 })?;
+        let n = usize::try_from(len).map_err(|_| PipeError::FrameTooLarge {
+            len,
+            max: usize::MAX as u64,
+        })?;
         if n > buf.len() {
             return Err(PipeError::BufferTooShort(match self.read_payload(len)? {
                 Payload::Buffered { start, len } => self.rbuf[start..start + len].to_vec(),
@@ -366,7 +380,9 @@ impl Connection {
         }
         if n <= READ_BUF {
             match self.read_payload(len)? {
-                Payload::Buffered { start, len } => buf[..len].copy_from_slice(&self.rbuf[start..start + len]),
+                Payload::Buffered { start, len } => {
+                    buf[..len].copy_from_slice(&self.rbuf[start..start + len])
+                }
                 Payload::Owned(v) => buf[..v.len()].copy_from_slice(&v),
             }
         } else {
@@ -401,9 +417,13 @@ impl Connection {
             Payload::Buffered { start, len } => &self.rbuf[*start..*start + *len],
             Payload::Owned(v) => v,
         };
-        let decode_err = |reason: String| PipeError::Decode { type_name: std::any::type_name::<T>(), reason };
-        let (count, used) =
-            decode_varint(bytes).ok_or_else(|| decode_err("the message has no handle count (not a typed message?)".into()))?;
+        let decode_err = |reason: String| PipeError::Decode {
+            type_name: std::any::type_name::<T>(),
+            reason,
+        };
+        let (count, used) = decode_varint(bytes).ok_or_else(|| {
+            decode_err("the message has no handle count (not a typed message?)".into())
+        })?;
         let count = count as usize;
         if count > self.fds.len() {
             return Err(decode_err(format!(
@@ -447,7 +467,9 @@ impl Connection {
         } else if self.rend == self.rbuf.len() {
             self.compact();
         }
-        let Some(fd) = self.fd.as_ref() else { return Err(PipeError::Closed) };
+        let Some(fd) = self.fd.as_ref() else {
+            return Err(PipeError::Closed);
+        };
         match recv_some(fd.as_fd(), &mut self.rbuf[self.rend..], &mut self.fds) {
             Ok(n) => {
                 self.rend += n;
@@ -467,7 +489,10 @@ impl Connection {
     fn read_header(&mut self, max: u64) -> Result<u64> {
         loop {
             match frame::parse_header(&self.rbuf[self.rstart..self.rend], max) {
-                Ok(Header::Complete { header_len, payload_len }) => {
+                Ok(Header::Complete {
+                    header_len,
+                    payload_len,
+                }) => {
                     self.rstart += header_len;
                     return Ok(payload_len);
                 }
@@ -490,7 +515,10 @@ impl Connection {
 
     /// Reads the `len` payload bytes that follow a header.
     fn read_payload(&mut self, len: u64) -> Result<Payload> {
-        let n = usize::try_from(len).map_err(|_| PipeError::FrameTooLarge { len, max: usize::MAX as u64 })?;
+        let n = usize::try_from(len).map_err(|_| PipeError::FrameTooLarge {
+            len,
+            max: usize::MAX as u64,
+        })?;
         if n <= READ_BUF {
             while self.rend - self.rstart < n {
                 if self.rstart + n > self.rbuf.len() {
@@ -565,7 +593,10 @@ impl Serialize for FdIndex {
 impl Serialize for Connection {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::Error;
-        let fd = self.fd.as_ref().ok_or_else(|| S::Error::custom("a closed Connection cannot travel"))?;
+        let fd = self
+            .fd
+            .as_ref()
+            .ok_or_else(|| S::Error::custom("a closed Connection cannot travel"))?;
         if self.has_buffered() || !self.fds.is_empty() {
             return Err(S::Error::custom(
                 "a Connection holding received, unread data cannot travel (that data would be lost)",
@@ -623,7 +654,12 @@ fn send_slices(fd: BorrowedFd<'_>, bufs: &[&[u8]]) -> Result<()> {
             skip = 0;
             used += 1;
         }
-        match rustix::net::sendmsg(fd, &slices[..used], &mut SendAncillaryBuffer::default(), SendFlags::NOSIGNAL) {
+        match rustix::net::sendmsg(
+            fd,
+            &slices[..used],
+            &mut SendAncillaryBuffer::default(),
+            SendFlags::NOSIGNAL,
+        ) {
             Ok(n) => sent += n,
             Err(rustix::io::Errno::INTR) => {}
             Err(rustix::io::Errno::AGAIN) => wait_writable(fd)?,
@@ -648,7 +684,8 @@ fn send_error(e: io::Error) -> PipeError {
 /// One `recvmsg` into `buf`, collecting fds; waits if the socket is non-blocking.
 fn recv_some(fd: BorrowedFd<'_>, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
     use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(mp_core::fdpass::MAX_FDS_PER_SEND))];
+    let mut space = [MaybeUninit::<u8>::uninit();
+        rustix::cmsg_space!(ScmRights(mp_core::fdpass::MAX_FDS_PER_SEND))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     loop {
         let mut iov = [io::IoSliceMut::new(buf)];
@@ -660,7 +697,9 @@ fn recv_some(fd: BorrowedFd<'_>, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) ->
                     }
                 }
                 if msg.flags.contains(ReturnFlags::CTRUNC) {
-                    return Err(io::Error::other("received fds were truncated (out of fds?)"));
+                    return Err(io::Error::other(
+                        "received fds were truncated (out of fds?)",
+                    ));
                 }
                 return Ok(msg.bytes);
             }
@@ -672,14 +711,19 @@ fn recv_some(fd: BorrowedFd<'_>, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) ->
 }
 
 fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
-    crate::wait::poll_fds(&[fd], None).map(drop).map_err(|e| match e {
-        PipeError::Io(e) => e,
-        other => io::Error::other(other.to_string()),
-    })
+    crate::wait::poll_fds(&[fd], None)
+        .map(drop)
+        .map_err(|e| match e {
+            PipeError::Io(e) => e,
+            other => io::Error::other(other.to_string()),
+        })
 }
 
 fn wait_writable(fd: BorrowedFd<'_>) -> Result<()> {
-    let mut p = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::OUT)];
+    let mut p = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::OUT,
+    )];
     match rustix::event::poll(&mut p, None) {
         Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
         Err(e) => Err(e.into()),

@@ -79,7 +79,10 @@ pub enum PipeError {
 impl PipeError {
     /// Whether this is the peer going away (end of file or broken pipe).
     pub fn is_disconnect(&self) -> bool {
-        matches!(self, PipeError::Eof | PipeError::TruncatedMessage | PipeError::BrokenPipe)
+        matches!(
+            self,
+            PipeError::Eof | PipeError::TruncatedMessage | PipeError::BrokenPipe
+        )
     }
 }
 

@@ -51,7 +51,9 @@ mod error;
 mod listener;
 mod wait;
 
-pub use connection::{pipe, pipe_oneway, Connection, Pipe, DEFAULT_MAX_MESSAGE, MAX_FDS_PER_MESSAGE};
+pub use connection::{
+    pipe, pipe_oneway, Connection, Pipe, DEFAULT_MAX_MESSAGE, MAX_FDS_PER_MESSAGE,
+};
 pub use error::{PipeError, Result};
 pub use listener::{connect, Address, Client, Listener, HANDSHAKE_MAX};
 pub use wait::{wait, Waitable};

@@ -58,9 +58,15 @@ impl Address {
     /// A TCP address from anything std resolves (`"127.0.0.1:0"`, `("localhost", 80)`),
     /// taking the first result.
     pub fn tcp(addr: impl ToSocketAddrs) -> Result<Self> {
-        addr.to_socket_addrs()?.next().map(Address::Tcp).ok_or_else(|| {
-            PipeError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "address resolved to nothing"))
-        })
+        addr.to_socket_addrs()?
+            .next()
+            .map(Address::Tcp)
+            .ok_or_else(|| {
+                PipeError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "address resolved to nothing",
+                ))
+            })
     }
 
     /// A Linux abstract Unix socket name.
@@ -162,10 +168,18 @@ impl Listener {
     pub fn bind(address: impl Into<Address>, authkey: Option<&[u8]>) -> Result<Self> {
         let address = address.into();
         let (socket, address, unlink) = match &address {
-            Address::Unix(p) => (Socket::Unix(UnixListener::bind(p)?), address.clone(), Some(p.clone())),
+            Address::Unix(p) => (
+                Socket::Unix(UnixListener::bind(p)?),
+                address.clone(),
+                Some(p.clone()),
+            ),
             Address::Abstract(n) => {
                 let a = UnixSocketAddr::from_abstract_name(n)?;
-                (Socket::Unix(UnixListener::bind_addr(&a)?), address.clone(), None)
+                (
+                    Socket::Unix(UnixListener::bind_addr(&a)?),
+                    address.clone(),
+                    None,
+                )
             }
             Address::Tcp(a) => {
                 let l = TcpListener::bind(a)?;
@@ -289,7 +303,11 @@ pub struct Client {
 impl Client {
     /// A client for `address`, without an authkey.
     pub fn new(address: impl Into<Address>) -> Self {
-        Client { address: address.into(), authkey: None, allow_legacy: true }
+        Client {
+            address: address.into(),
+            authkey: None,
+            allow_legacy: true,
+        }
     }
 
     /// Authenticates with `key` (answer the server's challenge, then deliver one).
@@ -308,7 +326,9 @@ impl Client {
     pub fn connect(&self) -> Result<Connection> {
         let fd: OwnedFd = match &self.address {
             Address::Unix(p) => UnixStream::connect(p)?.into(),
-            Address::Abstract(n) => UnixStream::connect_addr(&UnixSocketAddr::from_abstract_name(n)?)?.into(),
+            Address::Abstract(n) => {
+                UnixStream::connect_addr(&UnixSocketAddr::from_abstract_name(n)?)?.into()
+            }
             Address::Tcp(a) => {
                 let s = TcpStream::connect(a)?;
                 s.set_nodelay(true)?;
@@ -380,14 +400,22 @@ fn digest_and_payload(message: &[u8]) -> Result<(Digest, &[u8], bool), String> {
     }
     if message.first() == Some(&b'{') {
         let window = &message[..message.len().min(MAX_DIGEST_LEN + 2)];
-        if let Some(curly) = window.iter().skip(1).position(|&b| b == b'}').map(|p| p + 1) {
+        if let Some(curly) = window
+            .iter()
+            .skip(1)
+            .position(|&b| b == b'}')
+            .map(|p| p + 1)
+        {
             let name = &message[1..curly];
             let payload = &message[curly + 1..];
             return match name {
                 b"md5" => Ok((Digest::Md5, payload, false)),
                 b"sha256" => Ok((Digest::Sha256, payload, false)),
                 b"sha384" => Ok((Digest::Sha384, payload, false)),
-                _ => Err(format!("unsupported digest {:?}", String::from_utf8_lossy(name))),
+                _ => Err(format!(
+                    "unsupported digest {:?}",
+                    String::from_utf8_lossy(name)
+                )),
             };
         }
     }
@@ -407,14 +435,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Checks a response to the challenge body `message` (Python's `_verify_challenge`).
-fn verify_response(key: &[u8], message: &[u8], response: &[u8], allow_legacy: bool) -> Result<(), String> {
+fn verify_response(
+    key: &[u8],
+    message: &[u8],
+    response: &[u8],
+    allow_legacy: bool,
+) -> Result<(), String> {
     let (digest, mac, legacy) = digest_and_payload(response)?;
     if legacy && !allow_legacy {
         return Err("legacy MD5 answer refused".into());
     }
     let expected = digest.hmac(key, message)?;
     if expected.len() != mac.len() {
-        return Err(format!("expected {} of length {} got {}", digest.name(), expected.len(), mac.len()));
+        return Err(format!(
+            "expected {} of length {} got {}",
+            digest.name(),
+            expected.len(),
+            mac.len()
+        ));
     }
     if !constant_time_eq(&expected, mac) {
         return Err("digest received was wrong".into());
@@ -455,15 +493,19 @@ fn random_bytes(buf: &mut [u8]) -> Result<()> {
 /// Receives one handshake frame; an oversized one is an authentication failure.
 fn recv_handshake(conn: &mut Connection) -> Result<Vec<u8>> {
     match conn.recv_bytes_max(HANDSHAKE_MAX) {
-        Err(PipeError::FrameTooLarge { len, .. }) => {
-            Err(PipeError::Authentication(format!("handshake message of {len} bytes (at most {HANDSHAKE_MAX})")))
-        }
+        Err(PipeError::FrameTooLarge { len, .. }) => Err(PipeError::Authentication(format!(
+            "handshake message of {len} bytes (at most {HANDSHAKE_MAX})"
+        ))),
         other => other,
     }
 }
 
 /// Sends a challenge and checks the answer (Python's `deliver_challenge`).
-pub(crate) fn deliver_challenge(conn: &mut Connection, key: &[u8], allow_legacy: bool) -> Result<()> {
+pub(crate) fn deliver_challenge(
+    conn: &mut Connection,
+    key: &[u8],
+    allow_legacy: bool,
+) -> Result<()> {
     let mut message = b"{sha256}".to_vec();
     let mut random = [0u8; MESSAGE_LENGTH];
     random_bytes(&mut random)?;
@@ -483,12 +525,17 @@ pub(crate) fn deliver_challenge(conn: &mut Connection, key: &[u8], allow_legacy:
 }
 
 /// Answers a challenge and reads the verdict (Python's `answer_challenge`).
-pub(crate) fn answer_challenge(conn: &mut Connection, key: &[u8], allow_legacy: bool) -> Result<()> {
+pub(crate) fn answer_challenge(
+    conn: &mut Connection,
+    key: &[u8],
+    allow_legacy: bool,
+) -> Result<()> {
     let frame = recv_handshake(conn)?;
     let message = frame
         .strip_prefix(CHALLENGE)
         .ok_or_else(|| PipeError::Authentication("protocol error, expected challenge".into()))?;
-    let response = create_response(key, message, allow_legacy).map_err(PipeError::Authentication)?;
+    let response =
+        create_response(key, message, allow_legacy).map_err(PipeError::Authentication)?;
     conn.send_bytes(&response)?;
     let verdict = recv_handshake(conn)?;
     if verdict != WELCOME {

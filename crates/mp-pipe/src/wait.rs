@@ -57,7 +57,14 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
         fds.push(o.wait_fd()?);
         any_now |= o.ready_now();
     }
-    let polled = poll_fds(&fds, if any_now { Some(Duration::ZERO) } else { timeout })?;
+    let polled = poll_fds(
+        &fds,
+        if any_now {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        },
+    )?;
     let mut ready = Vec::new();
     let mut p = polled.iter().peekable();
     for (i, o) in objects.iter().enumerate() {
@@ -73,7 +80,10 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
 /// signals until the deadline. Returns the indices of the ready fds.
 pub(crate) fn poll_fds(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Result<Vec<usize>> {
     let deadline = Deadline::after(timeout);
-    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
     loop {
         let left = deadline.remaining_timespec();
         match rustix::event::poll(&mut pfds, left.as_ref()) {
