@@ -6,6 +6,14 @@ use multiproc::{get_all_start_methods, ExitStatus};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+/// How a join ended, in words.
+fn outcome<T: std::fmt::Debug>(r: Result<T, ProcessError>) -> String {
+    match r {
+        Ok(v) => format!("Ok({v:?})"),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn square(x: u64) -> u64 {
     x * x
 }
@@ -69,18 +77,18 @@ fn main() -> anyhow::Result<()> {
     let mut p = Process::new(exits_early, ()).start()?;
     println!(
         "exit(3): {} -> exitcode {:?}",
-        p.join().unwrap_err(),
+        outcome(p.join()),
         p.exitcode()
     );
     let mut p = Process::new(sleeps_forever, ()).start()?;
     println!(
         "join_timeout(200 ms) on a sleeper: {}",
-        p.join_timeout(Duration::from_millis(200)).unwrap_err()
+        outcome(p.join_timeout(Duration::from_millis(200)))
     );
     p.kill()?;
     println!(
         "after kill(): {} -> exitcode {:?} ({:?})",
-        p.join().unwrap_err(),
+        outcome(p.join()),
         p.exitcode(),
         p.exit_status().map(|s| s == ExitStatus::Signaled(9))
     );

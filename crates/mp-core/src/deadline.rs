@@ -56,7 +56,7 @@ impl Deadline {
         let at = self.0?;
         let n = now();
         let secs = at.tv_sec - n.tv_sec;
-        let nanos = i64::from(at.tv_nsec) - i64::from(n.tv_nsec);
+        let nanos = at.tv_nsec - n.tv_nsec;
         let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
         Some(if total <= 0 {
             Duration::ZERO

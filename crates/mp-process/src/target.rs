@@ -112,7 +112,7 @@ fn conjure<F: Copy>() -> F {
     // initialize; it is inhabited, since the parent held a value of it to start us; and
     // the only zero-sized `Fn` types are fn items and closures whose captures are all
     // zero-sized, which carry no invariant beyond their type.
-    unsafe { std::mem::MaybeUninit::<F>::uninit().assume_init() }
+    unsafe { std::mem::zeroed::<F>() }
 }
 
 /// The offset of `F`'s trampoline from the anchor, and its type hash.

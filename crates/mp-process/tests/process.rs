@@ -263,7 +263,7 @@ fn family_names_and_parent() -> R {
     )?;
     let mut p = Process::new(family, ()).start()?;
     let (name, parent, ppid, daemon) = p.join()?;
-    ensure(name == p.name(), format!("{name}"))?;
+    ensure(name == p.name(), &name)?;
     let (pid, pname, alive) = parent.ok_or("no parent")?;
     ensure(
         pid == me.pid && ppid == me.pid && pname == "MainProcess" && alive,
