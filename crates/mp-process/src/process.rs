@@ -106,6 +106,10 @@ impl ChildEntry {
     }
 }
 
+/// Bootstraps up to this size are written before the child is started (well below the
+/// default Unix socket buffer, so the write never blocks).
+const EARLY_BOOTSTRAP: usize = 64 << 10;
+
 static CHILDREN: Mutex<Vec<Arc<ChildEntry>>> = Mutex::new(Vec::new());
 
 fn children() -> std::sync::MutexGuard<'static, Vec<Arc<ChildEntry>>> {
@@ -302,7 +306,7 @@ where
         let (entry_offset, type_hash) = locate::<F, A>();
         let boot = Bootstrap {
             magic: MAGIC,
-            exe: ExeId::current().map_err(ProcessError::Start)?,
+            exe: ExeId::cached().map_err(ProcessError::Start)?,
             entry_offset,
             type_hash,
             name: name.clone(),
@@ -325,6 +329,13 @@ where
             SocketFlags::CLOEXEC,
             None,
         )?;
+        // A bootstrap that fits in the socket buffer is written before the child exists,
+        // so the child never waits for it; a larger one, or one carrying fds, is written
+        // once the child runs (and reads), since before that the write might not finish.
+        let early = boot_bytes.len() <= EARLY_BOOTSTRAP && fds.is_empty();
+        if early {
+            send_frame(ours.as_fd(), &boot_bytes, &[])?;
+        }
         let pid = match method {
             StartMethod::Spawn => {
                 launch::spawn_exec(&theirs, launch::BOOTSTRAP_ENV).map_err(ProcessError::Start)?
@@ -342,8 +353,10 @@ where
             status: Mutex::new(None),
         });
         children().push(entry.clone());
-        // If the child died before reading, join reports how it ended.
-        let _ = send_frame(ours.as_fd(), &boot_bytes, &fds);
+        if !early {
+            // If the child died before reading, join reports how it ended.
+            let _ = send_frame(ours.as_fd(), &boot_bytes, &fds);
+        }
         Ok(Process {
             entry,
             reply: Reply::Pending(ours),

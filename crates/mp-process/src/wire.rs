@@ -24,6 +24,17 @@ pub(crate) struct ExeId {
 }
 
 impl ExeId {
+    /// This process's executable identity, read once (the executable a process runs
+    /// cannot change under it).
+    pub(crate) fn cached() -> std::io::Result<ExeId> {
+        static ID: std::sync::OnceLock<ExeId> = std::sync::OnceLock::new();
+        if let Some(id) = ID.get() {
+            return Ok(*id);
+        }
+        let id = Self::current()?;
+        Ok(*ID.get_or_init(|| id))
+    }
+
     pub(crate) fn current() -> std::io::Result<ExeId> {
         let st = rustix::fs::stat("/proc/self/exe")?;
         Ok(ExeId {
