@@ -185,6 +185,60 @@ fn bounded_overflow(sem: BoundedSemaphore) -> (String, u32) {
     (format!("{:?}", sem.release()), sem.get_value())
 }
 
+/// A counter in shared memory, bumped with a plain load and store (not an atomic
+/// increment): only mutual exclusion keeps updates from being lost.
+fn counter(region: &mp_core::SharedRegion) -> &std::sync::atomic::AtomicU64 {
+    // SAFETY: the region is page-aligned, at least 8 bytes long and lives as long as the
+    // borrow; its memory is only accessed through this atomic, in every process.
+    unsafe { &*region.as_ptr().cast::<std::sync::atomic::AtomicU64>() }
+}
+
+fn bump(c: &std::sync::atomic::AtomicU64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let v = c.load(Relaxed);
+    std::hint::spin_loop();
+    c.store(v + 1, Relaxed);
+}
+
+fn bump_under_lock(lock: Lock, region: mp_core::SharedRegion, n: u32) -> Result<(), String> {
+    let c = counter(&region);
+    for _ in 0..n {
+        let _g = lock
+            .lock_timeout(LONG)
+            .map_err(|e| e.to_string())?
+            .ok_or("lock timed out")?;
+        bump(c);
+    }
+    Ok(())
+}
+
+fn bump_under_rlock(lock: RLock, region: mp_core::SharedRegion, n: u32) -> Result<(), String> {
+    let c = counter(&region);
+    for _ in 0..n {
+        if !lock.acquire(true, Some(LONG)).map_err(|e| e.to_string())? {
+            return Err("rlock timed out".into());
+        }
+        let _inner = lock.lock().map_err(|e| e.to_string())?;
+        bump(c);
+        drop(_inner);
+        lock.release().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn produce(sem: Semaphore, n: u32) -> Result<(), String> {
+    release_n(sem, n)
+}
+
+fn consume(sem: Semaphore, n: u32) -> Result<(), String> {
+    for i in 0..n {
+        if !sem.acquire(true, Some(LONG)) {
+            return Err(format!("unit {i} never came"));
+        }
+    }
+    Ok(())
+}
+
 // ---- tests ---------------------------------------------------------------------------
 
 fn lock_of_a_killed_child_is_recovered() -> R {
@@ -511,6 +565,81 @@ fn semaphores_across_processes() -> R {
     ensure(bounded.get_value() == 2, "value kept")
 }
 
+fn locks_exclude_processes_under_contention() -> R {
+    const PROCS: u32 = 4;
+    const N: u32 = 5000;
+    let region = mp_core::SharedRegion::new(8)?;
+    let lock = Lock::new()?;
+    let mut ps = Vec::new();
+    for _ in 0..PROCS {
+        ps.push(start(
+            bump_under_lock,
+            (
+                lock.clone(),
+                mp_core::SharedRegion::from_fd(dup(&region)?)?,
+                N,
+            ),
+        )?);
+    }
+    for p in &mut ps {
+        join_ok(p)?;
+    }
+    let got = counter(&region).load(std::sync::atomic::Ordering::Relaxed);
+    ensure(
+        got == u64::from(PROCS * N),
+        format!("Lock: {got} increments of {}", PROCS * N),
+    )?;
+
+    let region = mp_core::SharedRegion::new(8)?;
+    let rlock = RLock::new()?;
+    let mut ps = Vec::new();
+    for _ in 0..PROCS {
+        ps.push(start(
+            bump_under_rlock,
+            (
+                rlock.clone(),
+                mp_core::SharedRegion::from_fd(dup(&region)?)?,
+                N,
+            ),
+        )?);
+    }
+    for p in &mut ps {
+        join_ok(p)?;
+    }
+    let got = counter(&region).load(std::sync::atomic::Ordering::Relaxed);
+    ensure(
+        got == u64::from(PROCS * N),
+        format!("RLock: {got} increments of {}", PROCS * N),
+    )?;
+    ensure(!lock.locked() && !rlock.locked(), "all released")
+}
+
+/// A second handle on the same memory (a `SharedRegion` is not `Clone`).
+fn dup(region: &mp_core::SharedRegion) -> Result<std::os::fd::OwnedFd, Failed> {
+    let (_, mut fds) = mp_core::handles::encode(region)?;
+    fds.pop().ok_or_else(|| "no fd".into())
+}
+
+fn semaphore_loses_no_wakeup_under_contention() -> R {
+    const N: u32 = 4000;
+    let sem = Semaphore::new(0)?;
+    let mut consumers = Vec::new();
+    for _ in 0..3 {
+        consumers.push(start(consume, (sem.clone(), N))?);
+    }
+    let mut producers = Vec::new();
+    for _ in 0..3 {
+        producers.push(start(produce, (sem.clone(), N))?);
+    }
+    for p in producers.iter_mut().chain(consumers.iter_mut()) {
+        join_ok(p)?;
+    }
+    ensure(
+        sem.get_value() == 0,
+        format!("value {} left", sem.get_value()),
+    )
+}
+
 fn main() {
     mp_process::init();
     let args = Arguments::from_args();
@@ -555,6 +684,14 @@ fn main() {
             event_ping_pong_between_processes,
         ),
         t("semaphores_across_processes", semaphores_across_processes),
+        t(
+            "locks_exclude_processes_under_contention",
+            locks_exclude_processes_under_contention,
+        ),
+        t(
+            "semaphore_loses_no_wakeup_under_contention",
+            semaphore_loses_no_wakeup_under_contention,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
