@@ -253,10 +253,21 @@ impl Connection {
 
     /// Sends `data` as one message, byte for byte (Python's `send_bytes`).
     pub fn send_bytes(&mut self, data: &[u8]) -> Result<()> {
-        let fd = self.write_fd()?;
+        self.write_fd()?;
         let mut hb = [0u8; MAX_HEADER];
         let header = frame::encode_header(data.len(), &mut hb);
-        send_slices(fd, &[header, data])
+        if data.len() <= frame::SMALL_FRAME {
+            // One contiguous `send`: the cheapest system call for a small message.
+            let mut buf = std::mem::take(&mut self.wbuf);
+            buf.clear();
+            buf.extend_from_slice(header);
+            buf.extend_from_slice(data);
+            let res = send_slices(self.write_fd()?, &[&buf]);
+            self.wbuf = buf;
+            return res;
+        }
+        // One `sendmsg` of two slices: no copy of a large payload.
+        send_slices(self.write_fd()?, &[header, data])
     }
 
     /// Sends a value as one message (postcard; handles it holds travel as fds).
@@ -634,8 +645,21 @@ impl<'de> Deserialize<'de> for Connection {
 
 // ----- system calls -----
 
-/// Writes every byte of `bufs` (no fds) with as few `sendmsg` calls as the kernel allows.
+/// Writes every byte of `bufs` (no fds) with as few system calls as the kernel allows:
+/// `send` for one slice, `sendmsg` for more.
 fn send_slices(fd: BorrowedFd<'_>, bufs: &[&[u8]]) -> Result<()> {
+    if let [one] = bufs {
+        let mut sent = 0;
+        while sent < one.len() {
+            match rustix::net::send(fd, &one[sent..], SendFlags::NOSIGNAL) {
+                Ok(n) => sent += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => wait_writable(fd)?,
+                Err(e) => return Err(send_error(e.into())),
+            }
+        }
+        return Ok(());
+    }
     let total: usize = bufs.iter().map(|b| b.len()).sum();
     let mut sent = 0;
     while sent < total {
