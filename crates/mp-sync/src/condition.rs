@@ -85,7 +85,8 @@ impl From<RLock> for ConditionLock {
 /// `wait` returns whether it was notified (false on timeout); waiters are woken in the
 /// order they began to wait; a waiter that timed out is not counted by a later notify.
 /// If the holder of the lock dies, the next thread to take it (a waiter waking up, say)
-/// is told with [`SyncError::OwnerDied`].
+/// is told with [`SyncError::OwnerDied`]. A process killed while waiting keeps its
+/// place in the queue and absorbs one notification, as in Python.
 ///
 /// ```
 /// use std::time::Duration;

@@ -51,7 +51,8 @@
 //!   (with no live thread) or another start time means the owner died. One compare-and-
 //!   swap from the exact word it saw moves the lock to the acquirer, so only one
 //!   acquirer takes over. A non-blocking or timed acquire about to report "not taken"
-//!   makes the same check first.
+//!   makes the same check first (a live answer is trusted for 10 ms per thread, so a
+//!   loop of failing `try_lock`s does not read `/proc` every time).
 //! - The acquirer that takes over is told: `lock()` returns `Err(`[`OwnerDied`]`)`
 //!   holding the guard (as std's `PoisonError`), `acquire` returns
 //!   `Err(`[`SyncError::OwnerDied`]`)` holding a [`HeldLock`] that releases the lock on
@@ -61,7 +62,9 @@
 //!   takes the lock back from a dead holder gets the error from `wait`. A `Barrier`
 //!   whose internal lock was held by a dead process breaks.
 //! - Semaphores and events have no owner; a process that dies holding a semaphore unit
-//!   does not give it back (as in Python).
+//!   does not give it back (as in Python). A process killed while *waiting* on a
+//!   `Condition` absorbs one notification, and one killed while waiting at a `Barrier`
+//!   leaves the others waiting until their timeout (both as in Python).
 //!
 //! Our own ids are cached in a page marked `MADV_WIPEONFORK`, so a forked child never
 //! acts under its parent's id. All processes must share a pid namespace, and `/proc`

@@ -56,6 +56,30 @@ fn spin_allowed() -> bool {
     }
 }
 
+/// How long a "still alive" answer about a holder is trusted by the thread that got it,
+/// so that a loop of failing `try_lock`s does not read `/proc` on every try.
+const ALIVE_FOR: Duration = Duration::from_millis(10);
+
+thread_local! {
+    /// The last holder this thread found alive, and when.
+    static LAST_ALIVE: std::cell::Cell<Option<(u64, std::time::Instant)>> = const { std::cell::Cell::new(None) };
+}
+
+/// [`is_alive`], remembering a live answer for [`ALIVE_FOR`].
+fn holder_alive(holder: u64) -> bool {
+    let now = std::time::Instant::now();
+    if let Some((h, at)) = LAST_ALIVE.with(|c| c.get()) {
+        if h == holder && now.duration_since(at) < ALIVE_FOR {
+            return true;
+        }
+    }
+    let alive = is_alive(holder);
+    if alive {
+        LAST_ALIVE.with(|c| c.set(Some((holder, now))));
+    }
+    alive
+}
+
 /// The earlier of `deadline` and one [`SLICE`] from now.
 fn slice_of(deadline: Deadline) -> Deadline {
     match deadline.remaining() {
@@ -71,14 +95,18 @@ impl RawLock {
         self.word.load(Ordering::Relaxed) & !WAITERS
     }
 
+    /// One CAS: takes the lock if it is free.
+    #[inline]
+    pub(crate) fn try_fast(&self, me: u64) -> bool {
+        self.word
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
     /// Takes the lock for `me`: blocking until `deadline` if `block`, else one try.
     #[inline]
     pub(crate) fn acquire(&self, me: u64, block: bool, deadline: Deadline) -> Acquired {
-        if self
-            .word
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
+        if self.try_fast(me) {
             return Acquired::Yes;
         }
         self.acquire_slow(me, block, deadline)
@@ -90,11 +118,7 @@ impl RawLock {
             for _ in 0..SPINS {
                 let cur = self.word.load(Ordering::Relaxed);
                 if cur == 0 {
-                    if self
-                        .word
-                        .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                    {
+                    if self.try_fast(me) {
                         return Acquired::Yes;
                     }
                 } else if cur & WAITERS != 0 {
@@ -126,7 +150,7 @@ impl RawLock {
             let giving_up = !block || deadline.expired();
             if check_holder || giving_up {
                 check_holder = false;
-                if !is_alive(cur & !WAITERS) {
+                if !holder_alive(cur & !WAITERS) {
                     if self.take_over(cur, me) {
                         return Acquired::OwnerDied;
                     }
@@ -189,6 +213,14 @@ impl RawLock {
             self.wake_one();
         }
         true
+    }
+
+    /// Releases the lock held by the caller (checked beforehand): one swap.
+    #[inline]
+    pub(crate) fn release_owned(&self) {
+        if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
+            self.wake_one();
+        }
     }
 
     #[cold]

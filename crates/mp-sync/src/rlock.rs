@@ -57,6 +57,7 @@ pub struct RLock {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct RLockGuard<'a> {
     lock: &'a RLock,
+    me: u64,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -88,20 +89,24 @@ impl RLock {
 
     fn take(&self, block: bool, deadline: Deadline) -> Result<(Acquired, u64), SyncError> {
         let me = thread_id();
-        if self.raw().holder() == me {
+        let a = if self.raw().try_fast(me) {
+            Acquired::Yes
+        } else if self.raw().holder() == me {
             self.recurse()?;
             return Ok((Acquired::Yes, me));
-        }
-        let a = self.raw().acquire(me, block, deadline);
+        } else {
+            self.raw().acquire(me, block, deadline)
+        };
         if a != Acquired::No {
             self.count_word().store(1, Ordering::Relaxed);
         }
         Ok((a, me))
     }
 
-    fn guard(&self) -> RLockGuard<'_> {
+    fn guard(&self, me: u64) -> RLockGuard<'_> {
         RLockGuard {
             lock: self,
+            me,
             _not_send: PhantomData,
         }
     }
@@ -111,8 +116,8 @@ impl RLock {
         r: Result<(Acquired, u64), SyncError>,
     ) -> LockResult<Option<RLockGuard<'_>>> {
         match r {
-            Ok((Acquired::Yes, _)) => Ok(Some(self.guard())),
-            Ok((Acquired::OwnerDied, _)) => Err(OwnerDied::new(Some(self.guard()))),
+            Ok((Acquired::Yes, me)) => Ok(Some(self.guard(me))),
+            Ok((Acquired::OwnerDied, me)) => Err(OwnerDied::new(Some(self.guard(me)))),
             // A recursion count of 2^32 - 1: treated as "not taken".
             Ok((Acquired::No, _)) | Err(_) => Ok(None),
         }
@@ -125,8 +130,8 @@ impl RLock {
     /// `RefCell`'s).
     pub fn lock(&self) -> LockResult<RLockGuard<'_>> {
         match self.take(true, Deadline::NEVER) {
-            Ok((Acquired::OwnerDied, _)) => Err(OwnerDied::new(self.guard())),
-            Ok(_) => Ok(self.guard()),
+            Ok((Acquired::OwnerDied, me)) => Err(OwnerDied::new(self.guard(me))),
+            Ok((_, me)) => Ok(self.guard(me)),
             Err(e) => panic!("RLock::lock: {e}"),
         }
     }
@@ -163,7 +168,11 @@ impl RLock {
     /// Releases one level. Not the owner (another thread, another process, or a free
     /// lock): [`SyncError::NotOwner`], and nothing changes.
     pub fn release(&self) -> Result<(), SyncError> {
-        let me = thread_id();
+        self.release_as(thread_id())
+    }
+
+    #[inline]
+    fn release_as(&self, me: u64) -> Result<(), SyncError> {
         if self.raw().holder() != me {
             return Err(SyncError::NotOwner);
         }
@@ -172,7 +181,7 @@ impl RLock {
             self.count_word().store(c - 1, Ordering::Relaxed);
         } else {
             self.count_word().store(0, Ordering::Relaxed);
-            self.raw().release_if(me);
+            self.raw().release_owned();
         }
         Ok(())
     }
@@ -252,7 +261,7 @@ impl RLockGuard<'_> {
 impl Drop for RLockGuard<'_> {
     fn drop(&mut self) {
         // Cannot fail: the guard stays on the owning thread and holds a level.
-        let _ = self.lock.release();
+        let _ = self.lock.release_as(self.me);
     }
 }
 
@@ -268,7 +277,7 @@ impl<'a> From<OwnerDied<RLockGuard<'a>>> for SyncError {
     /// The lock level stays held by the error: dropping the error releases it.
     fn from(e: OwnerDied<RLockGuard<'a>>) -> Self {
         let g = std::mem::ManuallyDrop::new(e.into_inner());
-        SyncError::OwnerDied(HeldLock::rlock(g.lock.clone(), thread_id()))
+        SyncError::OwnerDied(HeldLock::rlock(g.lock.clone(), g.me))
     }
 }
 

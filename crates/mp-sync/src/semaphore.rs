@@ -38,10 +38,16 @@ impl SemCore {
         false
     }
 
+    #[inline]
     fn acquire(&self, block: bool, timeout: Option<Duration>) -> bool {
         if self.try_take() {
             return true;
         }
+        self.acquire_slow(block, timeout)
+    }
+
+    #[cold]
+    fn acquire_slow(&self, block: bool, timeout: Option<Duration>) -> bool {
         if !block {
             return false;
         }
@@ -62,24 +68,38 @@ impl SemCore {
         taken
     }
 
+    #[inline]
     fn release(&self, n: u32) -> Result<(), SyncError> {
         let max = self.max.load(Ordering::Relaxed);
-        let mut v = self.value.load(Ordering::Relaxed);
-        loop {
-            let new = v
-                .checked_add(n)
-                .filter(|&x| x <= max)
-                .ok_or(SyncError::ValueTooLarge(if max == SEM_VALUE_MAX {
-                    "semaphore value above SEM_VALUE_MAX"
-                } else {
-                    "BoundedSemaphore released too many times"
-                }))?;
-            match self
-                .value
-                .compare_exchange_weak(v, new, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(now) => v = now,
+        if max == SEM_VALUE_MAX {
+            // Unbounded: one fetch_add; the value stays below 2^32 because n and the
+            // value are both at most SEM_VALUE_MAX = 2^31 - 1.
+            let n = n.min(SEM_VALUE_MAX);
+            let prev = self.value.fetch_add(n, Ordering::SeqCst);
+            if prev.saturating_add(n) > SEM_VALUE_MAX {
+                self.value.fetch_sub(n, Ordering::Relaxed);
+                return Err(SyncError::ValueTooLarge(
+                    "semaphore value above SEM_VALUE_MAX",
+                ));
+            }
+        } else {
+            let mut v = self.value.load(Ordering::Relaxed);
+            loop {
+                let new = match v.checked_add(n) {
+                    Some(new) if new <= max => new,
+                    _ => {
+                        return Err(SyncError::ValueTooLarge(
+                            "BoundedSemaphore released too many times",
+                        ))
+                    }
+                };
+                match self
+                    .value
+                    .compare_exchange_weak(v, new, Ordering::SeqCst, Ordering::Relaxed)
+                {
+                    Ok(_) => break,
+                    Err(now) => v = now,
+                }
             }
         }
         if self.sleepers.load(Ordering::SeqCst) > 0 {
