@@ -543,3 +543,66 @@ pub(crate) fn answer_challenge(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_prefixes_parse_as_python_does() {
+        let (d, p, legacy) = digest_and_payload(b"{sha256}abc").expect("sha256");
+        assert_eq!((d, p, legacy), (Digest::Sha256, &b"abc"[..], false));
+        assert_eq!(
+            digest_and_payload(&[7u8; 20]).expect("legacy").0,
+            Digest::Md5
+        );
+        assert!(digest_and_payload(&[7u8; 16]).expect("legacy").2);
+        // A `}` past the first 10 bytes, a missing `}`, an unknown name, sha3 (allowed
+        // by Python, not built in here): all errors, never panics.
+        assert!(digest_and_payload(b"{sha256sha256}x").is_err());
+        assert!(digest_and_payload(b"{sha256").is_err());
+        assert!(digest_and_payload(b"{}").is_err());
+        assert!(digest_and_payload(b"{sha1}abcdef").is_err());
+        assert!(digest_and_payload(b"{sha3_256}x")
+            .expect_err("sha3")
+            .contains("sha3_256"));
+        assert!(digest_and_payload(b"").is_err());
+        assert!(
+            create_response(b"k", b"{sha256}short", true).is_err(),
+            "shorter than 20 bytes"
+        );
+    }
+
+    #[test]
+    fn responses_verify_only_with_the_same_key() {
+        let message = b"{sha256}0123456789012345678901234567890123456789";
+        let r = create_response(b"key", message, true).expect("response");
+        assert!(r.starts_with(b"{sha256}") && r.len() == 40);
+        assert!(verify_response(b"key", message, &r, false).is_ok());
+        assert!(verify_response(b"other", message, &r, true).is_err());
+        // A legacy 16-byte answer over the same body (what Python 3.11 sends).
+        let legacy = Digest::Md5.hmac(b"key", message).expect("md5");
+        assert!(verify_response(b"key", message, &legacy, true).is_ok());
+        assert!(verify_response(b"key", message, &legacy, false).is_err());
+        // A truncated MAC is a length mismatch, not a panic.
+        assert!(verify_response(b"key", message, &r[..30], true).is_err());
+        assert!(
+            constant_time_eq(b"abc", b"abc")
+                && !constant_time_eq(b"abc", b"abd")
+                && !constant_time_eq(b"a", b"ab")
+        );
+    }
+
+    /// RFC 4231 test case 2, to pin the HMAC construction itself.
+    #[test]
+    fn hmac_sha256_known_answer() {
+        let mac = Digest::Sha256
+            .hmac(b"Jefe", b"what do ya want for nothing?")
+            .expect("hmac");
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -40,6 +40,7 @@ impl Waitable for Connection {
 /// A Connection is ready when a message or end of file can be received (a following
 /// `recv` does not block on a whole message that has not begun to arrive); a process
 /// sentinel when the process has exited. Python's `multiprocessing.connection.wait`.
+/// An empty list returns an empty result at once (it could never become ready).
 ///
 /// ```
 /// use std::time::Duration;
@@ -51,6 +52,9 @@ impl Waitable for Connection {
 /// # Ok::<(), mp_pipe::PipeError>(())
 /// ```
 pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<usize>> {
+    if objects.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut fds = Vec::with_capacity(objects.len());
     let mut any_now = false;
     for o in objects {
