@@ -210,9 +210,15 @@ impl Barrier {
     fn wait_inner(&self, timeout: Option<Duration>) -> Result<usize, SyncError> {
         let deadline = Deadline::after(timeout);
         let g = self.enter();
-        // A new cycle waits for the last one to empty.
+        // A new cycle waits for the last one to empty. (Python waits here without a
+        // timeout; a bounded wait stays bounded here, so a party that died mid-drain
+        // cannot hold the next cycle for ever: the timeout breaks the barrier.)
         while matches!(g.state(), DRAINING | RESETTING) {
-            g.wait(Deadline::NEVER);
+            if deadline.expired() {
+                g.brk();
+                return Err(SyncError::BrokenBarrier);
+            }
+            g.wait(deadline);
         }
         if g.state() == BROKEN {
             return Err(SyncError::BrokenBarrier);

@@ -219,6 +219,10 @@ impl Condition {
     /// Releases the lock, waits until notified or `timeout` passes (`None`: for ever),
     /// takes the lock back; returns whether it was notified.
     ///
+    /// A notify that lands after the timeout but before the lock is taken back counts:
+    /// the call returns `true`, so no notification is ever spent on a waiter that then
+    /// reports a timeout.
+    ///
     /// Not holding the lock: [`SyncError::NotOwner`]. `Err(OwnerDied)`: the lock was
     /// taken back from a holder that died; it is held, as before the call.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, SyncError> {

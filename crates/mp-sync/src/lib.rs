@@ -44,7 +44,9 @@
 //! thread (for an `RLock`), as a pid or tid plus that task's start time (field 22 of
 //! `/proc/<id>/stat`; a recycled id has another start time).
 //!
-//! - Uncontended, `acquire` is one compare-and-swap and `release` one swap: no syscall.
+//! - Uncontended, `acquire` is one compare-and-swap and `release` one atomic
+//!   read-modify-write: no syscall. Setting an `Event` nobody waits on makes no
+//!   syscall either.
 //! - A contended acquirer spins briefly (only with more than one CPU), then sets a
 //!   waiters flag and sleeps on a futex, at most 50 ms at a time. After a slice in which
 //!   the same owner kept the lock, it reads `/proc/<id>/stat`: missing, dead, zombie
