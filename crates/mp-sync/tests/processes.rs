@@ -239,6 +239,20 @@ fn consume(sem: Semaphore, n: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Waits for the lock; reports whether the previous holder had died.
+fn contend(lock: Lock, started: Semaphore) -> Result<bool, String> {
+    started.release().map_err(|e| e.to_string())?;
+    match lock.lock_timeout(LONG) {
+        Ok(Some(_)) => Ok(false),
+        Ok(None) => Err("timed out".into()),
+        Err(_) => Ok(true),
+    }
+}
+
+fn wait_for_lock(lock: Lock) -> bool {
+    matches!(lock.acquire(true, Some(LONG)), Ok(true))
+}
+
 // ---- tests ---------------------------------------------------------------------------
 
 fn lock_of_a_killed_child_is_recovered() -> R {
@@ -640,6 +654,51 @@ fn semaphore_loses_no_wakeup_under_contention() -> R {
     )
 }
 
+fn only_one_acquirer_takes_over_a_dead_holder() -> R {
+    let (lock, ready, started) = (Lock::new()?, Event::new()?, Semaphore::new(0)?);
+    let mut holder = start(hold_lock, (lock.clone(), ready.clone()))?;
+    ensure(ready.wait(Some(LONG)), "child took the lock")?;
+    let mut ps = Vec::new();
+    for _ in 0..3 {
+        ps.push(start(contend, (lock.clone(), started.clone()))?);
+    }
+    for _ in 0..3 {
+        ensure(started.acquire(true, Some(LONG)), "contenders started")?;
+    }
+    std::thread::sleep(Duration::from_millis(100)); // let them block
+    holder.kill()?;
+    let mut died = 0;
+    for p in &mut ps {
+        died += u32::from(join_ok(p)?);
+    }
+    ensure(
+        died == 1,
+        format!("{died} acquirers were told the owner died"),
+    )?;
+    ensure(!lock.locked(), "all released")?;
+    let _ = holder.join();
+    Ok(())
+}
+
+fn a_killed_waiter_does_not_wedge_the_lock() -> R {
+    let lock = Lock::new()?;
+    let guard = lock.lock().map_err(|_| "fresh lock")?;
+    let mut waiter = start(wait_for_lock, (lock.clone(),))?;
+    std::thread::sleep(Duration::from_millis(100)); // let it block
+    waiter.kill()?;
+    let _ = waiter.join();
+    drop(guard);
+    ensure(!lock.locked(), "released")?;
+    let mut next = start(wait_for_lock, (lock.clone(),))?;
+    ensure(join(&mut next)?, "another process takes it")?;
+    // That child exited holding it: we take it over.
+    ensure(
+        lock.lock_timeout(LONG).is_err(),
+        "OwnerDied after the child exited",
+    )?;
+    ensure(!lock.locked(), "released")
+}
+
 fn main() {
     mp_process::init();
     let args = Arguments::from_args();
@@ -684,6 +743,14 @@ fn main() {
             event_ping_pong_between_processes,
         ),
         t("semaphores_across_processes", semaphores_across_processes),
+        t(
+            "only_one_acquirer_takes_over_a_dead_holder",
+            only_one_acquirer_takes_over_a_dead_holder,
+        ),
+        t(
+            "a_killed_waiter_does_not_wedge_the_lock",
+            a_killed_waiter_does_not_wedge_the_lock,
+        ),
         t(
             "locks_exclude_processes_under_contention",
             locks_exclude_processes_under_contention,
