@@ -274,6 +274,8 @@ impl Connection {
     ///
     /// A value that fails to encode is an error here, in the sender, and nothing is
     /// sent. Over TCP, a value holding handles is an [`PipeError::Encode`] error.
+    /// Typed messages are for Rust peers (postcard, not pickle): a Python peer exchanges
+    /// raw messages with [`send_bytes`](Self::send_bytes) / [`recv_bytes`](Self::recv_bytes).
     pub fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
         self.write_fd()?;
         // Room for the 4-byte header and a 1-byte fd count, filled in after encoding.
