@@ -117,6 +117,12 @@ pub fn take_fd(index: u32) -> Result<OwnedFd, String> {
     })
 }
 
+/// Builds a serde error for a `Deserialize` impl, keeping its text for [`decode`]'s
+/// error (postcard itself keeps no text for custom errors).
+pub fn decode_error<E: serde::de::Error>(msg: impl std::fmt::Display) -> E {
+    E::custom(fail(msg.to_string()))
+}
+
 /// serde helpers for an `OwnedFd` field: `#[serde(with = "mp_core::handles::fd")]`.
 pub mod fd {
     use super::*;

@@ -109,7 +109,7 @@ impl Serialize for SharedRegion {
 impl<'de> Deserialize<'de> for SharedRegion {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let fd = handles::fd::deserialize(d)?;
-        SharedRegion::from_fd(fd).map_err(serde::de::Error::custom)
+        SharedRegion::from_fd(fd).map_err(handles::decode_error)
     }
 }
 

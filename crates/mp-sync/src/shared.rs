@@ -79,9 +79,9 @@ impl<T: SharedState> Serialize for Shared<T> {
 impl<'de, T: SharedState> Deserialize<'de> for Shared<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let region = SharedRegion::deserialize(d)?;
-        let s = Self::check_layout(region).map_err(serde::de::Error::custom)?;
+        let s = Self::check_layout(region).map_err(mp_core::handles::decode_error)?;
         if s.get().magic().load(Ordering::Acquire) != T::MAGIC {
-            return Err(serde::de::Error::custom(format!(
+            return Err(mp_core::handles::decode_error(format!(
                 "shared region does not hold a {}",
                 std::any::type_name::<T>()
                     .rsplit("::")

@@ -1,0 +1,651 @@
+//! [`Queue`]: many producers and many consumers in any number of processes.
+use crate::error::{GetError, PutError, QueueError};
+use crate::fds::{FdChannel, SendFail, MAX_FDS_PER_ITEM};
+use crate::ring::{record_size, type_hash, Ring, WaitWord, REC_HDR};
+use mp_core::handles::{decode, encode_into, Handle};
+use mp_core::{futex, Deadline, SharedRegion};
+use mp_sync::{Lock, LockGuard};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{fence, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default byte capacity of a queue: how many bytes of encoded items it holds before a
+/// put must wait. Address space only: pages are touched as items need them.
+pub const DEFAULT_CAPACITY: u64 = 4 << 30;
+/// Default size of a ring segment.
+const DEFAULT_SEGMENT_SHIFT: u32 = 18; // 256 KiB
+/// Bytes of free segments kept mapped for reuse before pages go back to the kernel.
+const DEFAULT_HOT: u64 = 1 << 20;
+/// Polls of a condition before a waiter sleeps (only with more than one CPU).
+const SPINS: u32 = 2000;
+/// Encode buffers larger than this are not kept for the next put.
+const KEEP_BUFFER: usize = 1 << 20;
+
+thread_local! {
+    static BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+fn spin_allowed() -> bool {
+    static MULTI: AtomicU8 = AtomicU8::new(0);
+    match MULTI.load(Ordering::Relaxed) {
+        0 => {
+            let multi = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+            MULTI.store(if multi { 2 } else { 1 }, Ordering::Relaxed);
+            multi
+        }
+        v => v == 2,
+    }
+}
+
+/// Waits until `ready()` or `deadline`: polls a little, then registers in `w` and
+/// sleeps on its futex. Returns the last `ready()`.
+pub(crate) fn wait_until(w: &WaitWord, deadline: Deadline, ready: impl Fn() -> bool) -> bool {
+    if spin_allowed() {
+        for _ in 0..SPINS {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    loop {
+        w.waiters.fetch_add(1, Ordering::SeqCst);
+        let s = w.signal.load(Ordering::SeqCst);
+        if ready() {
+            w.waiters.fetch_sub(1, Ordering::SeqCst);
+            return true;
+        }
+        let in_time = futex::wait(&w.signal, s, deadline);
+        w.waiters.fetch_sub(1, Ordering::SeqCst);
+        if ready() {
+            return true;
+        }
+        if !in_time {
+            return false;
+        }
+    }
+}
+
+/// Wakes one (or every) waiter registered in `w`; no syscall when none is.
+#[inline]
+pub(crate) fn notify(w: &WaitWord, all: bool) {
+    fence(Ordering::SeqCst);
+    if w.waiters.load(Ordering::Relaxed) != 0 {
+        w.signal.fetch_add(1, Ordering::SeqCst);
+        if all {
+            futex::wake_all(&w.signal);
+        } else {
+            futex::wake(&w.signal, 1);
+        }
+    }
+}
+
+/// Takes `lock`, blocking until `deadline`. `None` on timeout. The flag says the
+/// previous holder died holding it (the caller repairs).
+fn take_lock(lock: &Lock, deadline: Deadline) -> Option<(LockGuard<'_>, bool)> {
+    let r = match deadline.remaining() {
+        None => lock.lock().map(Some).map_err(|e| Some(e.into_inner())),
+        Some(left) => lock.lock_timeout(left).map_err(|e| e.into_inner()),
+    };
+    match r {
+        Ok(g) => g.map(|g| (g, false)),
+        Err(g) => g.map(|g| (g, true)),
+    }
+}
+
+/// What a queue handle holds; clones of a handle share it.
+pub(crate) struct Shared {
+    ring: Ring,
+    producer: Lock,
+    consumer: Lock,
+    fds: FdChannel,
+}
+
+enum PutFail {
+    Full,
+    Closed,
+    Io(std::io::Error),
+}
+
+impl Shared {
+    fn new(builder: &QueueBuilder, type_hash: u64) -> Result<Shared, QueueError> {
+        Ok(Shared {
+            ring: Ring::create(
+                builder.capacity,
+                builder.segment_shift,
+                DEFAULT_HOT,
+                builder.maxsize,
+                type_hash,
+            )?,
+            producer: Lock::new()?,
+            consumer: Lock::new()?,
+            fds: FdChannel::new()?,
+        })
+    }
+
+    /// Completes a producer commit that a killed producer left half-done.
+    fn repair_producer(&self) {
+        let p = &self.ring.hdr().prod;
+        if p.committing.load(Ordering::Acquire) != 0 {
+            p.put_seq
+                .store(p.new_seq.load(Ordering::Relaxed), Ordering::Release);
+            p.tail
+                .store(p.new_tail.load(Ordering::Relaxed), Ordering::Release);
+            p.committing.store(0, Ordering::Release);
+        }
+    }
+
+    /// Completes a consumer commit that a killed consumer left half-done.
+    fn repair_consumer(&self) {
+        let c = &self.ring.hdr().cons;
+        if c.committing.load(Ordering::Acquire) != 0 {
+            c.head
+                .store(c.new_head.load(Ordering::Relaxed), Ordering::Release);
+            c.get_seq
+                .store(c.new_get_seq.load(Ordering::Relaxed), Ordering::Release);
+            c.committing.store(0, Ordering::Release);
+        }
+    }
+
+    fn put_bytes(
+        &self,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+        block: bool,
+        deadline: Deadline,
+    ) -> Result<(), PutFail> {
+        let ring = &self.ring;
+        let rec = record_size(bytes.len() as u64);
+        let h = ring.hdr();
+        let guard = loop {
+            let (guard, died) = take_lock(&self.producer, deadline).ok_or(PutFail::Full)?;
+            if died {
+                self.repair_producer();
+            }
+            if ring.closed() {
+                return Err(PutFail::Closed);
+            }
+            let tail = h.prod.tail.load(Ordering::Relaxed);
+            let seq = h.prod.put_seq.load(Ordering::Relaxed);
+            if ring.has_room(tail, seq, rec) {
+                break guard;
+            }
+            drop(guard);
+            if !block || !wait_until(&h.space, deadline, || ring.closed() || ring.room_for(rec))
+            {
+                return Err(PutFail::Full);
+            }
+        };
+        let p = &h.prod;
+        let tail = p.tail.load(Ordering::Relaxed);
+        let seq = p.put_seq.load(Ordering::Relaxed);
+        let tag = if fds.is_empty() {
+            0
+        } else {
+            let mut t = p.fd_tag.load(Ordering::Relaxed).wrapping_add(1);
+            if t == 0 {
+                t = 1;
+            }
+            // Stored before the send: a producer killed after sending leaves a message
+            // with a tag older than any later record's.
+            p.fd_tag.store(t, Ordering::Relaxed);
+            self.fds.send(t, fds, block, deadline).map_err(|e| match e {
+                SendFail::Full => PutFail::Full,
+                SendFail::Io(e) => PutFail::Io(e),
+            })?;
+            t
+        };
+        let corrupt = |e: &'static str| PutFail::Io(std::io::Error::other(e));
+        ring.assign(tail, rec).map_err(corrupt)?;
+        let mut header = [0u8; REC_HDR as usize];
+        header[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+        header[4..].copy_from_slice(&tag.to_le_bytes());
+        ring.write(tail, &header).map_err(corrupt)?;
+        ring.write(tail + REC_HDR, bytes).map_err(corrupt)?;
+        // Commit: journal, then the counters (put_seq first, so a consumer never takes
+        // an item that is not counted yet: task_done relies on it), then the tail.
+        p.new_tail.store(tail + rec, Ordering::Relaxed);
+        p.new_seq.store(seq + 1, Ordering::Relaxed);
+        p.committing.store(1, Ordering::Release);
+        p.put_seq.store(seq + 1, Ordering::Release);
+        p.tail.store(tail + rec, Ordering::Release);
+        p.committing.store(0, Ordering::Release);
+        drop(guard);
+        notify(&h.data, false);
+        Ok(())
+    }
+
+    /// Whether an item is published and not taken (no lock; for waiters).
+    fn has_item(&self) -> bool {
+        let h = self.ring.hdr();
+        h.prod.tail.load(Ordering::Acquire) != h.cons.head.load(Ordering::Acquire)
+    }
+
+    fn get<T: DeserializeOwned>(&self, block: bool, deadline: Deadline) -> Result<T, GetError> {
+        let ring = &self.ring;
+        let h = ring.hdr();
+        loop {
+            let Some((guard, died)) = take_lock(&self.consumer, deadline) else {
+                return Err(GetError::Empty);
+            };
+            if died {
+                self.repair_consumer();
+            }
+            let c = &h.cons;
+            let head = c.head.load(Ordering::Relaxed);
+            let mut tail = c.cached_tail.load(Ordering::Relaxed);
+            if tail == head {
+                tail = h.prod.tail.load(Ordering::Acquire);
+                c.cached_tail.store(tail, Ordering::Relaxed);
+            }
+            if tail != head {
+                let out = self.take_record(head, tail);
+                drop(guard);
+                notify(&h.space, true);
+                return out;
+            }
+            drop(guard);
+            if ring.closed() {
+                return Err(GetError::Closed);
+            }
+            if !block {
+                return Err(GetError::Empty);
+            }
+            if !wait_until(&h.data, deadline, || ring.closed() || self.has_item()) {
+                return Err(GetError::Empty);
+            }
+            if deadline.expired() && self.has_item() {
+                // We may have been the one woken for this item: pass the wake-up on
+                // if the lock is busy and we give up below.
+                notify(&h.data, false);
+            }
+        }
+    }
+
+    /// Reads, decodes and commits the record at `head` (consumer lock held). A record
+    /// that does not decode is consumed all the same.
+    fn take_record<T: DeserializeOwned>(&self, head: u64, tail: u64) -> Result<T, GetError> {
+        let ring = &self.ring;
+        let c = &ring.hdr().cons;
+        let avail = tail.wrapping_sub(head);
+        let corrupt = GetError::Corrupt;
+        if avail < REC_HDR || avail > 1 << 62 {
+            return Err(corrupt("head and tail disagree"));
+        }
+        let mut header = [0u8; REC_HDR as usize];
+        ring.read(head, &mut header).map_err(corrupt)?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let tag = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let rec = record_size(u64::from(len));
+        if rec > avail {
+            return Err(corrupt("a record runs past the tail"));
+        }
+        let fds = if tag != 0 {
+            self.fds.take(tag)
+        } else {
+            Ok(Vec::new())
+        };
+        let value = match fds {
+            Err(why) => Err(GetError::Decode(mp_core::Error::decode::<T>(why))),
+            Ok(fds) => {
+                let at = head + REC_HDR;
+                match ring.slice(at, len as usize).map_err(corrupt)? {
+                    Some(bytes) => decode::<T>(bytes, fds),
+                    None => {
+                        let mut buf = vec![0u8; len as usize];
+                        ring.read(at, &mut buf).map_err(corrupt)?;
+                        decode::<T>(&buf, fds)
+                    }
+                }
+                .map_err(GetError::Decode)
+            }
+        };
+        let (new_head, seq) = (head + rec, c.get_seq.load(Ordering::Relaxed) + 1);
+        c.new_head.store(new_head, Ordering::Relaxed);
+        c.new_get_seq.store(seq, Ordering::Relaxed);
+        c.committing.store(1, Ordering::Release);
+        c.head.store(new_head, Ordering::Release);
+        c.get_seq.store(seq, Ordering::Release);
+        c.committing.store(0, Ordering::Release);
+        if tag != 0 {
+            self.fds.discard();
+        }
+        ring.recycle_upto(new_head).map_err(corrupt)?;
+        value
+    }
+
+    fn close(&self) {
+        let h = self.ring.hdr();
+        // Under the producer lock: every put that saw the queue open is published
+        // before the close, so a consumer that sees "closed and empty" has seen all.
+        let held = take_lock(&self.producer, Deadline::NEVER);
+        if held.as_ref().is_some_and(|(_, died)| *died) {
+            self.repair_producer();
+        }
+        h.cfg.closed.store(1, Ordering::Release);
+        drop(held);
+        notify(&h.data, true);
+        notify(&h.space, true);
+    }
+}
+
+/// A FIFO queue shared by any number of producer and consumer processes.
+///
+/// Items are `Serialize + DeserializeOwned` values (encoded with postcard); fds they
+/// hold (a `Connection`, a `Lock`, an `mp_core::Handle`) travel beside them. Clones
+/// share the queue; it is `Serialize + Deserialize`, so it travels as a process (or
+/// pool) argument under every start method.
+///
+/// | Python | here |
+/// |---|---|
+/// | `Queue()` / `Queue(maxsize)` | [`Queue::new`] / [`Queue::bounded`] |
+/// | `put(obj)` | [`put`](Self::put) (never blocks when unbounded) |
+/// | `put(obj, timeout=t)` / `put_nowait(obj)` | [`put_timeout`](Self::put_timeout) / [`put_nowait`](Self::put_nowait) |
+/// | `get()` / `get(timeout=t)` / `get_nowait()` | [`get`](Self::get) / [`get_timeout`](Self::get_timeout) / [`get_nowait`](Self::get_nowait) |
+/// | `qsize()` / `empty()` / `full()` | the same, exact |
+/// | `close()` | [`close`](Self::close): for every process, see there |
+/// | `queue.Full` / `queue.Empty` | [`PutError::Full`] (value handed back) / [`GetError::Empty`] |
+pub struct Queue<T> {
+    pub(crate) shared: Arc<Shared>,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            shared: Arc::clone(&self.shared),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.shared.ring;
+        f.debug_struct("Queue")
+            .field("qsize", &r.len())
+            .field("maxsize", &r.maxsize())
+            .field("closed", &r.closed())
+            .finish()
+    }
+}
+
+/// Configures a [`Queue`] before creating it: [`Queue::builder`].
+#[derive(Clone, Debug)]
+pub struct QueueBuilder {
+    maxsize: u64,
+    capacity: u64,
+    segment_shift: u32,
+}
+
+impl QueueBuilder {
+    /// At most `maxsize` items (0: unbounded, as in Python).
+    pub fn maxsize(mut self, maxsize: usize) -> Self {
+        self.maxsize = maxsize as u64;
+        self
+    }
+
+    /// How many bytes of encoded items the queue holds at most (default
+    /// [`DEFAULT_CAPACITY`], 4 GiB of address space; memory is used only as items need
+    /// it). Rounded up to whole segments (256 KiB, at least 2). An item larger than
+    /// the capacity less one segment is refused with [`PutError::TooLarge`].
+    pub fn capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// Creates the queue.
+    pub fn build<T: Serialize + DeserializeOwned>(self) -> Result<Queue<T>, QueueError> {
+        if self.maxsize > i64::MAX as u64 {
+            return Err(QueueError::InvalidArgument("maxsize too large"));
+        }
+        Ok(Queue {
+            shared: Arc::new(Shared::new(&self, type_hash::<T>())?),
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// An unbounded queue: a put never waits (up to the byte capacity, 4 GiB).
+    pub fn new() -> Result<Self, QueueError> {
+        Self::builder().build()
+    }
+
+    /// A queue of at most `maxsize` items (0: unbounded).
+    pub fn bounded(maxsize: usize) -> Result<Self, QueueError> {
+        Self::builder().maxsize(maxsize).build()
+    }
+
+    /// A builder, for the byte capacity.
+    pub fn builder() -> QueueBuilder {
+        QueueBuilder {
+            maxsize: 0,
+            capacity: DEFAULT_CAPACITY,
+            segment_shift: DEFAULT_SEGMENT_SHIFT,
+        }
+    }
+
+    fn put_inner(&self, value: T, block: bool, deadline: Deadline) -> Result<(), PutError<T>> {
+        let shared = &*self.shared;
+        if shared.ring.closed() {
+            return Err(PutError::Closed(value));
+        }
+        let buf = BUF.with(Cell::take);
+        let (bytes, fds) = match encode_into(&value, buf) {
+            Ok(x) => x,
+            Err(e) => return Err(PutError::Encode(value, e)),
+        };
+        if fds.len() > MAX_FDS_PER_ITEM {
+            let e = mp_core::Error::encode::<T>(format!(
+                "an item may hold at most {MAX_FDS_PER_ITEM} handles, this one holds {}",
+                fds.len()
+            ));
+            return Err(PutError::Encode(value, e));
+        }
+        let too_large = bytes.len() > u32::MAX as usize
+            || record_size(bytes.len() as u64) > shared.ring.max_record();
+        let res = if too_large {
+            Err(PutError::TooLarge(value))
+        } else {
+            match shared.put_bytes(&bytes, &fds, block, deadline) {
+                Ok(()) => Ok(()),
+                Err(PutFail::Full) => Err(PutError::Full(value)),
+                Err(PutFail::Closed) => Err(PutError::Closed(value)),
+                Err(PutFail::Io(e)) => Err(PutError::Io(value, e)),
+            }
+        };
+        if bytes.capacity() <= KEEP_BUFFER {
+            let mut bytes = bytes;
+            bytes.clear();
+            BUF.with(|b| b.set(bytes));
+        }
+        res
+    }
+
+    /// Puts `value`, waiting for room if the queue is bounded and full (or its byte
+    /// capacity is used up). An unbounded queue never waits for room.
+    ///
+    /// The value is encoded by the caller, so an encoding error is returned here
+    /// ([`PutError::Encode`]) and the queue is unchanged. Once `put` returns `Ok`, the
+    /// item is in shared memory: the producer may exit, or be killed, at once.
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.put_inner(value, true, Deadline::NEVER)
+    }
+
+    /// As [`put`](Self::put), giving up with [`PutError::Full`] after about `timeout`.
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.put_inner(value, true, Deadline::from_now(timeout))
+    }
+
+    /// Puts `value` only if there is room now: else [`PutError::Full`] at once.
+    ///
+    /// It never waits for room; it may wait for another process to finish copying an
+    /// item in (the producer lock is held only for that).
+    pub fn put_nowait(&self, value: T) -> Result<(), PutError<T>> {
+        self.put_inner(value, false, Deadline::NEVER)
+    }
+
+    /// Python's `put(obj, block, timeout)`: `block == false` ignores the timeout;
+    /// `None` waits for ever.
+    pub fn put_with(
+        &self,
+        value: T,
+        block: bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), PutError<T>> {
+        if block {
+            self.put_inner(value, true, Deadline::after(timeout))
+        } else {
+            self.put_nowait(value)
+        }
+    }
+
+    /// Takes the next item, waiting for one. After [`close`](Self::close), items put
+    /// before the close are still delivered, then [`GetError::Closed`].
+    pub fn get(&self) -> Result<T, GetError> {
+        self.shared.get(true, Deadline::NEVER)
+    }
+
+    /// As [`get`](Self::get), giving up with [`GetError::Empty`] after about `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.shared.get(true, Deadline::from_now(timeout))
+    }
+
+    /// Takes the next item if there is one now: else [`GetError::Empty`] at once.
+    pub fn get_nowait(&self) -> Result<T, GetError> {
+        self.shared.get(false, Deadline::NEVER)
+    }
+
+    /// Python's `get(block, timeout)`.
+    pub fn get_with(&self, block: bool, timeout: Option<Duration>) -> Result<T, GetError> {
+        if block {
+            self.shared.get(true, Deadline::after(timeout))
+        } else {
+            self.get_nowait()
+        }
+    }
+
+    /// An iterator over received items; it blocks for each, and ends when the queue is
+    /// closed and drained. An item that fails to decode is skipped (and logged with
+    /// `tracing`).
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter { queue: self }
+    }
+}
+
+impl<T> Queue<T> {
+    /// Items in the queue: put and not yet taken, across all processes.
+    pub fn qsize(&self) -> usize {
+        self.shared.ring.len() as usize
+    }
+
+    /// Whether the queue holds no item.
+    pub fn empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    /// Whether the queue holds `maxsize` items (never for an unbounded queue).
+    pub fn full(&self) -> bool {
+        let m = self.shared.ring.maxsize();
+        m != 0 && self.shared.ring.len() >= m
+    }
+
+    /// The item limit, `None` if unbounded.
+    pub fn maxsize(&self) -> Option<usize> {
+        match self.shared.ring.maxsize() {
+            0 => None,
+            m => Some(m as usize),
+        }
+    }
+
+    /// Closes the queue for every process: later puts fail with
+    /// [`PutError::Closed`]; gets deliver what was put before the close, then fail
+    /// with [`GetError::Closed`] (iterators end). Waiting producers and consumers are
+    /// woken. Idempotent.
+    ///
+    /// (Python's `close()` only concerns the calling process and also makes its gets
+    /// fail at once. Here the close is shared, which is what lets consumers' iterators
+    /// end, and what was put is not lost.)
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Whether the queue was closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.ring.closed()
+    }
+
+    pub(crate) fn ring(&self) -> &Ring {
+        &self.shared.ring
+    }
+}
+
+/// Items of a [`Queue`], blocking for each; ends when the queue is closed and drained.
+pub struct Iter<'a, T> {
+    queue: &'a Queue<T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Iterator for Iter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        loop {
+            match self.queue.get() {
+                Ok(v) => return Some(v),
+                Err(GetError::Decode(e)) => {
+                    tracing::warn!(error = %e, "mp-queue: skipped an item that did not decode");
+                }
+                Err(GetError::Empty) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl<'a, T: Serialize + DeserializeOwned> IntoIterator for &'a Queue<T> {
+    type Item = T;
+    type IntoIter = Iter<'a, T>;
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let sh = &*self.shared;
+        (
+            sh.ring.region(),
+            &sh.producer,
+            &sh.consumer,
+            Handle(&sh.fds.tx),
+            Handle(&sh.fds.rx),
+        )
+            .serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (region, producer, consumer, tx, rx) =
+            <(SharedRegion, Lock, Lock, Handle<OwnedFd>, Handle<OwnedFd>)>::deserialize(d)?;
+        let ring = Ring::open(region, type_hash::<T>()).map_err(serde::de::Error::custom)?;
+        Ok(Queue {
+            shared: Arc::new(Shared {
+                ring,
+                producer,
+                consumer,
+                fds: FdChannel {
+                    tx: tx.0,
+                    rx: rx.0,
+                },
+            }),
+            _t: PhantomData,
+        })
+    }
+}

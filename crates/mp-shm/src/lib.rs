@@ -1,0 +1,57 @@
+//! Shared memory across processes: [`Value`] and [`Array`] (Python's
+//! `multiprocessing.Value` / `Array`), their lock-free [`RawValue`] and [`RawArray`],
+//! and named [`SharedMemory`] segments that never leak.
+//!
+//! ```
+//! use mp_shm::{Array, Value};
+//! let counter = Value::new(0u64).unwrap();
+//! let data = Array::from_slice(&[1, 2, 3]).unwrap();
+//! // Pass clones to child processes as arguments: each maps the same pages.
+//! *counter.lock().unwrap() += 1;
+//! data.set(0, 10).unwrap();
+//! assert_eq!((counter.get().unwrap(), data.to_vec()), (1, vec![10, 2, 3]));
+//! ```
+//!
+//! # What can be shared
+//! [`Element`] types: integers, floats, `bool`, `char`, fixed arrays, the atomics, and
+//! `#[repr(C)]` structs declared with [`shared_struct!`], which checks at compile time
+//! that every bit pattern is valid (`bytemuck::Pod`). No pointers, no drop glue.
+//!
+//! # Memory model: who may write when
+//! - A [`Value`] or [`Array`] of plain data carries a process-shared [`mp_sync::Lock`]
+//!   (its own, or one you give). Every safe access takes it: `get`, `set`, `update`,
+//!   `read`, `write`, or `lock()` for a guard that derefs to `&mut T` / `&mut [T]`. So
+//!   the safe API cannot race: two processes never touch the data at the same time.
+//! - Atomics synchronize themselves: a `Value<AtomicU64>` has no lock and derefs to the
+//!   atomic; an `Array<AtomicU32>` derefs to `[AtomicU32]`.
+//! - [`RawValue`] and [`RawArray`] have no lock: their plain-data accesses are `unsafe`
+//!   (the caller rules out concurrent writers, e.g. the parent fills, children read).
+//! - A [`SharedMemory`] segment can be written by any process at any time (Python
+//!   processes included): its safe view is `&[AtomicU8]`; plain slices are `unsafe`.
+//! - A holder of a lock killed with SIGKILL does not deadlock the others (mp-sync's
+//!   owner-death detection): `lock()` reports it as [`OwnerDied`]; `get`/`set`/`update`
+//!   take the lock over and go on.
+//!
+//! # Where the memory lives
+//! Values and arrays live in sealed memfd regions that travel as fds
+//! ([`mp_core::SharedRegion`]): nothing is ever left in `/dev/shm`, whatever happens to
+//! the processes. A receiver checks the type (a hash of its name and its size) and the
+//! length against a header in the region, so a mismatch is an error, not a misread.
+#![warn(missing_docs, unsafe_op_in_unsafe_fn)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod array;
+mod cell;
+mod element;
+mod error;
+mod named;
+mod value;
+
+pub use array::{Array, ArrayGuard, RawArray};
+pub use element::{Element, LockFree};
+pub use error::{LockResult, OwnerDied, ShmError};
+pub use named::SharedMemory;
+pub use value::{RawValue, Value, ValueGuard};
+
+#[doc(hidden)]
+pub use bytemuck;

@@ -1,0 +1,347 @@
+//! Named segments (Python's `multiprocessing.shared_memory.SharedMemory`), built on the
+//! `shared_memory` crate, with a tracker that removes a segment whose creator died.
+use crate::ShmError;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use shared_memory::{Shmem, ShmemConf, ShmemError};
+use std::sync::atomic::AtomicU8;
+use std::sync::Mutex;
+
+/// A named block of shared memory that any process can attach to by name (Python
+/// interoperates: the segment `foo` is `/dev/shm/foo`, `SharedMemory(name="foo")`).
+///
+/// It travels by name: serializing it (as a process argument, say) sends the name and
+/// the receiver attaches. `close` (or drop) unmaps it in this process; `unlink` removes
+/// the name, after which the memory lives until the last mapping goes.
+///
+/// **No leaks.** The creating process registers each segment with a small tracker
+/// process of its own; when the creator exits, normally or killed with SIGKILL, the
+/// tracker unlinks every segment it created and did not unlink. A segment meant to
+/// outlive its creator is handed over with [`untrack`](SharedMemory::untrack).
+///
+/// **Access.** Another process may write the bytes at any time, so the safe view is
+/// [`as_atomic_bytes`](SharedMemory::as_atomic_bytes) (with [`read_at`](Self::read_at)
+/// and [`write_at`](Self::write_at) on top); plain slices are `unsafe`, for when a lock
+/// or the program's phases rule out concurrent writes.
+///
+/// ```
+/// use mp_shm::SharedMemory;
+/// let shm = SharedMemory::create(None, 4096).unwrap();
+/// shm.write_at(0, b"hello").unwrap();
+/// let other = SharedMemory::attach(shm.name()).unwrap();
+/// let mut buf = [0u8; 5];
+/// other.read_at(0, &mut buf).unwrap();
+/// assert_eq!(&buf, b"hello");
+/// assert_eq!(other.size(), 4096);
+/// shm.unlink().unwrap();
+/// assert!(SharedMemory::attach(shm.name()).is_err());
+/// ```
+pub struct SharedMemory {
+    name: String,
+    shmem: Shmem,
+}
+
+// SAFETY: `Shmem` is a mapping (a pointer and a length) plus an fd; nothing in it is tied
+// to a thread. Concurrent access to the bytes goes through atomics or `unsafe` methods.
+unsafe impl Send for SharedMemory {}
+// SAFETY: as above: `&SharedMemory` gives out only atomic views or `unsafe` slices.
+unsafe impl Sync for SharedMemory {}
+
+impl std::fmt::Debug for SharedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedMemory")
+            .field("name", &self.name)
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ShmError> {
+    if name.is_empty() || name.len() > 250 || name.contains('/') || name.contains('\0') {
+        return Err(ShmError::Invalid(format!(
+            "bad segment name {name:?}: 1 to 250 bytes, no '/' or NUL"
+        )));
+    }
+    Ok(())
+}
+
+fn random_name() -> String {
+    let mut b = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut b[..], rustix::rand::GetRandomFlags::empty());
+    format!("mp_{:016x}", u64::from_le_bytes(b))
+}
+
+impl SharedMemory {
+    /// Creates a segment of `size` bytes (zero-filled), named `name` or a random
+    /// `mp_…` name. An existing name, size 0 or a bad name is an error.
+    pub fn create(name: Option<&str>, size: usize) -> Result<Self, ShmError> {
+        if size == 0 {
+            return Err(ShmError::Invalid(
+                "a shared memory segment cannot have size 0".into(),
+            ));
+        }
+        loop {
+            let n = match name {
+                Some(n) => n.to_string(),
+                None => random_name(),
+            };
+            check_name(&n)?;
+            // The tracker runs before the name exists, so the window in which a creator
+            // killed right after creating would leak is a pipe write, not a fork.
+            tracker::ensure()?;
+            match ShmemConf::new().os_id(format!("/{n}")).size(size).create() {
+                Ok(mut shmem) => {
+                    // We unlink explicitly (Python's semantics), never on drop.
+                    shmem.set_owner(false);
+                    tracker::register(&n)?;
+                    return Ok(SharedMemory { name: n, shmem });
+                }
+                Err(ShmemError::MappingIdExists) if name.is_none() => continue,
+                Err(ShmemError::MappingIdExists) => return Err(ShmError::Exists(n)),
+                Err(e) => return Err(ShmError::Invalid(e.to_string())),
+            }
+        }
+    }
+
+    /// Attaches to the existing segment `name`; its real size is reported by
+    /// [`size`](Self::size).
+    pub fn attach(name: &str) -> Result<Self, ShmError> {
+        check_name(name)?;
+        match ShmemConf::new().os_id(format!("/{name}")).open() {
+            Ok(mut shmem) => {
+                shmem.set_owner(false);
+                Ok(SharedMemory {
+                    name: name.to_string(),
+                    shmem,
+                })
+            }
+            Err(ShmemError::MapOpenFailed(_)) if !exists(name) => {
+                Err(ShmError::NotFound(name.to_string()))
+            }
+            Err(e) => Err(ShmError::Invalid(e.to_string())),
+        }
+    }
+
+    /// The segment's name (without the leading '/').
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The size in bytes.
+    pub fn size(&self) -> usize {
+        self.shmem.len()
+    }
+
+    /// The bytes, as atomics: safe whatever other processes do.
+    pub fn as_atomic_bytes(&self) -> &[AtomicU8] {
+        // SAFETY: the mapping is `size()` bytes, lives as long as `self`, and AtomicU8 has
+        // the size and alignment of u8; atomics make concurrent access race-free.
+        unsafe { std::slice::from_raw_parts(self.shmem.as_ptr().cast::<AtomicU8>(), self.size()) }
+    }
+
+    /// Copies bytes out, from `offset`.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), ShmError> {
+        let src = self.range(offset, buf.len())?;
+        for (d, s) in buf.iter_mut().zip(src) {
+            *d = s.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        Ok(())
+    }
+
+    /// Copies bytes in, at `offset`.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), ShmError> {
+        let dst = self.range(offset, data.len())?;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        for (d, s) in dst.iter().zip(data) {
+            d.store(*s, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn range(&self, offset: usize, len: usize) -> Result<&[AtomicU8], ShmError> {
+        let end = offset.checked_add(len).filter(|e| *e <= self.size());
+        end.map(|e| &self.as_atomic_bytes()[offset..e])
+            .ok_or(ShmError::OutOfRange {
+                index: offset.saturating_add(len),
+                len: self.size(),
+            })
+    }
+
+    /// The bytes as a slice, zero-copy.
+    ///
+    /// # Safety
+    /// No thread or process may write the segment while the slice lives.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: `size()` mapped bytes; the caller rules out concurrent writes.
+        unsafe { std::slice::from_raw_parts(self.shmem.as_ptr(), self.size()) }
+    }
+
+    /// The bytes as a mutable slice, zero-copy.
+    ///
+    /// # Safety
+    /// No other thread or process may touch the segment while the slice lives, and no
+    /// other slice of it may exist in this process.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn as_mut_slice(&self) -> &mut [u8] {
+        // SAFETY: `size()` mapped bytes; the caller guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.shmem.as_ptr(), self.size()) }
+    }
+
+    /// Removes the name (Python's `unlink()`); mappings stay valid until closed. An
+    /// already removed name is [`ShmError::NotFound`].
+    pub fn unlink(&self) -> Result<(), ShmError> {
+        tracker::unregister(&self.name);
+        match rustix::shm::unlink(format!("/{}", self.name).as_str()) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::NOENT) => Err(ShmError::NotFound(self.name.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Lets the segment outlive its creator: the tracker forgets it, and whoever
+    /// attaches later must unlink it.
+    pub fn untrack(&self) {
+        tracker::unregister(&self.name);
+    }
+
+    /// Unmaps the segment in this process (Python's `close()`; dropping does the same).
+    pub fn close(self) {}
+}
+
+fn exists(name: &str) -> bool {
+    std::path::Path::new("/dev/shm").join(name).exists()
+}
+
+impl Serialize for SharedMemory {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.name.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedMemory {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        SharedMemory::attach(&name).map_err(mp_core::handles::decode_error)
+    }
+}
+
+/// The per-process tracker: a forked helper that reads `+name` / `-name` lines from a
+/// pipe and, at end of file (its creator exited or was killed), unlinks what is left.
+mod tracker {
+    use super::*;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    struct Tracker {
+        owner: u32,
+        pipe: OwnedFd,
+    }
+
+    static TRACKER: Mutex<Option<Tracker>> = Mutex::new(None);
+
+    fn send(t: &Tracker, line: &str) -> std::io::Result<()> {
+        let mut buf = line.as_bytes();
+        while !buf.is_empty() {
+            match rustix::io::write(&t.pipe, buf) {
+                Ok(n) => buf = &buf[n..],
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts this process's tracker if it has none.
+    pub(super) fn ensure() -> Result<(), ShmError> {
+        let mut g = TRACKER.lock().unwrap_or_else(|p| p.into_inner());
+        let me = std::process::id();
+        if g.as_ref().is_some_and(|t| t.owner != me) {
+            // Inherited through a fork: that pipe belongs to the parent (and a forked
+            // multiproc child has closed it); forget it without closing anything.
+            std::mem::forget(g.take());
+        }
+        if g.is_none() {
+            *g = Some(start(me)?);
+        }
+        Ok(())
+    }
+
+    pub(super) fn register(name: &str) -> Result<(), ShmError> {
+        ensure()?;
+        let g = TRACKER.lock().unwrap_or_else(|p| p.into_inner());
+        match g.as_ref() {
+            Some(t) => send(t, &format!("+{name}\n")).map_err(ShmError::from),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn unregister(name: &str) {
+        let g = TRACKER.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = g.as_ref().filter(|t| t.owner == std::process::id()) {
+            let _ = send(t, &format!("-{name}\n"));
+        }
+    }
+
+    fn start(owner: u32) -> Result<Tracker, ShmError> {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        // SAFETY: the child runs only `serve`: raw reads, a Vec of names, shm_unlink and
+        // _exit. glibc's fork leaves malloc usable in the child even if other threads
+        // held its locks; no other lock is touched there.
+        match unsafe { libc::fork() } {
+            -1 => Err(std::io::Error::last_os_error().into()),
+            0 => serve(read),
+            _ => Ok(Tracker { owner, pipe: write }),
+        }
+    }
+
+    fn serve(read: OwnedFd) -> ! {
+        let fd = read.as_raw_fd();
+        // SAFETY: in the forked tracker: keep stdio and the pipe's read end, close every
+        // other fd (the parent's copies, the write end included, so end of file comes
+        // when the creator's own copy closes); ignore the terminal's signals, as
+        // Python's resource tracker does. Nothing in this process owns the closed fds.
+        unsafe {
+            if fd > 3 {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3 as libc::c_uint,
+                    (fd - 1) as libc::c_uint,
+                    0 as libc::c_uint,
+                );
+            }
+            libc::syscall(
+                libc::SYS_close_range,
+                (fd + 1) as libc::c_uint,
+                libc::c_uint::MAX,
+                0 as libc::c_uint,
+            );
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+            libc::setsid();
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match rustix::io::read(&read, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => break,
+            }
+            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=pos).collect();
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                match text.split_at_checked(1) {
+                    Some(("+", n)) => names.push(n.to_string()),
+                    Some(("-", n)) => names.retain(|x| x != n),
+                    _ => {}
+                }
+            }
+        }
+        for n in names {
+            let _ = rustix::shm::unlink(format!("/{n}").as_str());
+        }
+        // SAFETY: leave at once, running no destructor or handler copied from the parent.
+        unsafe { libc::_exit(0) }
+    }
+}

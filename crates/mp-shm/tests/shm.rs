@@ -1,0 +1,445 @@
+//! Value, Array and SharedMemory across real processes, under the start method chosen
+//! by `MULTIPROC_START_METHOD` (the xtask runs this binary once per method).
+use libtest_mimic::{Arguments, Failed, Trial};
+use mp_process::{get_start_method, init, Process};
+use mp_shm::*;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+type R = Result<(), Failed>;
+
+fn ensure(cond: bool, msg: impl std::fmt::Display) -> R {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg.to_string().into())
+    }
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    bytemuck::Pod,
+    bytemuck::Zeroable,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[repr(C)]
+struct Point {
+    x: f64,
+    y: f64,
+    n: u32,
+    pad: u32,
+}
+mp_shm::shared_struct!(Point);
+
+fn set_value(v: Value<i32>, x: i32) {
+    let _ = v.set(x);
+}
+fn increment(v: Value<i32>, times: u32) {
+    for _ in 0..times {
+        if let Ok(mut g) = v.lock() {
+            *g += 1;
+        }
+    }
+}
+fn atomic_add(v: Value<AtomicU64>, times: u64) {
+    for _ in 0..times {
+        v.fetch_add(1, Ordering::Relaxed);
+    }
+}
+fn move_point(p: Value<Point>) -> Point {
+    let _ = p.update(|p| {
+        p.x += 1.0;
+        p.n += 1;
+    });
+    p.get().unwrap_or(Point {
+        x: -1.0,
+        y: -1.0,
+        n: 0,
+        pad: 0,
+    })
+}
+fn fill(a: Array<u32>, from: u32) -> Result<(), String> {
+    let mut g = a.lock().map_err(|e| e.to_string())?;
+    for (i, x) in g.iter_mut().enumerate() {
+        *x = from + i as u32;
+    }
+    Ok(())
+}
+fn out_of_range(a: Array<u32>) -> String {
+    match a.get(a.len()) {
+        Err(e) => e.to_string(),
+        Ok(v) => format!("got {v}"),
+    }
+}
+fn sum_part(a: RawArray<f64>, start: usize, end: usize) -> f64 {
+    // SAFETY: the parent filled the array before starting us and nobody writes it now.
+    unsafe { a.as_slice()[start..end].iter().sum() }
+}
+fn hold_forever(v: Value<i32>) {
+    if let Ok(mut g) = v.lock() {
+        *g = 99;
+        std::thread::sleep(Duration::from_secs(600));
+    }
+}
+fn shared_lock_pair(a: Value<i32>, b: Value<i32>) -> bool {
+    // Both values share one lock: holding a's guard, b's lock is busy.
+    let _g = a.lock();
+    b.get_lock().is_some_and(|l| l.locked())
+}
+fn write_named(shm: SharedMemory, text: String) -> usize {
+    shm.write_at(0, text.as_bytes())
+        .map(|_| shm.size())
+        .unwrap_or(0)
+}
+fn create_and_wait(name: String, secs: u64, ready: mp_sync::Event) -> bool {
+    match SharedMemory::create(Some(&name), 8192) {
+        Ok(s) => {
+            ready.set();
+            std::thread::sleep(Duration::from_secs(secs));
+            drop(s);
+            true
+        }
+        Err(_) => false,
+    }
+}
+fn create_untracked(name: String) -> bool {
+    SharedMemory::create(Some(&name), 4096)
+        .map(|s| s.untrack())
+        .is_ok()
+}
+
+fn dev_shm() -> BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn gone_within(name: &str, within: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if !std::path::Path::new("/dev/shm").join(name).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn unique(tag: &str) -> String {
+    format!(
+        "mp_test_{tag}_{}_{}",
+        std::process::id(),
+        mp_process::get_start_method()
+    )
+}
+
+// ---- tests -----------------------------------------------------------------------
+
+fn child_write_is_seen() -> R {
+    let v = Value::new(1i32)?;
+    Process::new(set_value, (v.clone(), 42)).start()?.join()?;
+    ensure(v.get()? == 42, "value written by the child")
+}
+
+fn locked_increments_are_exact() -> R {
+    let v = Value::new(0i32)?;
+    let mut ps = Vec::new();
+    for _ in 0..3 {
+        ps.push(Process::new(increment, (v.clone(), 10_000)).start()?);
+    }
+    increment(v.clone(), 10_000);
+    for p in &mut ps {
+        p.join()?;
+    }
+    ensure(v.get()? == 40_000, format!("final value {}", v.get()?))
+}
+
+fn atomic_value_needs_no_lock() -> R {
+    let v = Value::new(AtomicU64::new(0))?;
+    ensure(v.get_lock().is_none(), "no lock for atomics")?;
+    let mut ps = Vec::new();
+    for _ in 0..3 {
+        ps.push(Process::new(atomic_add, (v.clone(), 20_000)).start()?);
+    }
+    for p in &mut ps {
+        p.join()?;
+    }
+    ensure(
+        v.load(Ordering::SeqCst) == 60_000,
+        format!("final {}", v.load(Ordering::SeqCst)),
+    )
+}
+
+fn structs_and_arrays() -> R {
+    let p = Value::new(Point {
+        x: 1.0,
+        y: 2.0,
+        n: 0,
+        pad: 0,
+    })?;
+    let seen = Process::new(move_point, (p.clone(),)).start()?.join()?;
+    ensure(
+        seen == Point {
+            x: 2.0,
+            y: 2.0,
+            n: 1,
+            pad: 0,
+        } && p.get()? == seen,
+        format!("{seen:?}"),
+    )?;
+    let a = Array::<u32>::new(1000)?;
+    Process::new(fill, (a.clone(), 7)).start()?.join()??;
+    ensure(
+        a.get(0)? == 7 && a.get(999)? == 1006,
+        "array filled by the child",
+    )?;
+    ensure(a.read(10..13)? == vec![17, 18, 19], "slice read")?;
+    a.write(998, &[1, 2])?;
+    ensure(a.to_vec()[998..] == [1, 2], "slice written")?;
+    ensure(
+        matches!(
+            a.get(1000),
+            Err(ShmError::OutOfRange {
+                index: 1000,
+                len: 1000
+            })
+        ),
+        "get out of range",
+    )?;
+    ensure(
+        a.set(5000, 1).is_err() && a.write(999, &[1, 2]).is_err() && a.read(5..2000).is_err(),
+        "range errors",
+    )?;
+    let msg = Process::new(out_of_range, (a.clone(),)).start()?.join()?;
+    ensure(msg.contains("out of range"), msg)?;
+    let empty = Array::<f32>::new(0)?;
+    ensure(empty.is_empty() && empty.get(0).is_err(), "empty array")
+}
+
+fn parallel_sum_over_a_raw_array() -> R {
+    let n = 1_000_000;
+    let a = RawArray::<f64>::new(n)?;
+    // SAFETY: no child exists yet: this is the only access.
+    unsafe {
+        for (i, x) in a.as_mut_slice().iter_mut().enumerate() {
+            *x = i as f64;
+        }
+    }
+    let mut left = Process::new(sum_part, (a.clone(), 0, n / 2)).start()?;
+    let mut right = Process::new(sum_part, (a.clone(), n / 2, n)).start()?;
+    let total = left.join()? + right.join()?;
+    let expect = (n as f64 - 1.0) * n as f64 / 2.0;
+    ensure(total == expect, format!("{total} != {expect}"))
+}
+
+fn one_lock_for_two_values() -> R {
+    let lock = mp_sync::Lock::new()?;
+    let a = Value::with_lock(1i32, lock.clone())?;
+    let b = Value::with_lock(2i32, lock)?;
+    ensure(
+        Process::new(shared_lock_pair, (a, b)).start()?.join()?,
+        "the lock is shared",
+    )
+}
+
+fn holder_killed_does_not_deadlock() -> R {
+    let v = Value::new(0i32)?;
+    let mut p = Process::new(hold_forever, (v.clone(),)).start()?;
+    let t = Instant::now();
+    while v.get_lock().is_some_and(|l| !l.locked()) {
+        ensure(
+            t.elapsed() < Duration::from_secs(30),
+            "child never took the lock",
+        )?;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p.kill()?;
+    let _ = p.join();
+    match v.lock() {
+        Err(died) => {
+            let mut g = died.into_inner();
+            ensure(*g == 99, "the dead holder's write is visible")?;
+            *g = 100;
+        }
+        Ok(_) => return Err("expected OwnerDied".into()),
+    }
+    ensure(v.get()? == 100, "usable after recovery")
+}
+
+fn nothing_left_in_dev_shm() -> R {
+    let before = dev_shm();
+    {
+        let v = Value::new(5u8)?;
+        let a = Array::<u64>::new(4096)?;
+        let r = RawArray::<u8>::new(10)?;
+        let mut p = Process::new(hold_forever, (Value::new(0i32)?,)).start()?;
+        Process::new(set_value, (Value::new(0i32)?, 1))
+            .start()?
+            .join()?;
+        p.kill()?;
+        let _ = p.join();
+        drop((v, a, r));
+    }
+    let after = dev_shm();
+    let new: Vec<_> = after
+        .difference(&before)
+        .filter(|n| !n.starts_with("mp_test_"))
+        .collect();
+    ensure(new.is_empty(), format!("left in /dev/shm: {new:?}"))
+}
+
+fn type_checked_on_receipt() -> R {
+    let v = Value::new(7u32)?;
+    let (bytes, fds) = mp_core::handles::encode(&v)?;
+    let e = mp_core::handles::decode::<Value<u64>>(&bytes, fds)
+        .err()
+        .ok_or("decoded as another type")?;
+    ensure(e.to_string().contains("another type"), e.to_string())
+}
+
+fn named_segment_travels_by_name() -> R {
+    let shm = SharedMemory::create(None, 10_000)?;
+    let size = Process::new(
+        write_named,
+        (
+            SharedMemory::attach(shm.name())?,
+            "from the child".to_string(),
+        ),
+    )
+    .start()?
+    .join()?;
+    ensure(size == 10_000, format!("child saw size {size}"))?;
+    let mut buf = [0u8; 14];
+    shm.read_at(0, &mut buf)?;
+    ensure(&buf == b"from the child", "bytes written by the child")?;
+    ensure(
+        matches!(
+            SharedMemory::create(Some(shm.name()), 10),
+            Err(ShmError::Exists(_))
+        ),
+        "create existing",
+    )?;
+    ensure(
+        matches!(SharedMemory::create(None, 0), Err(ShmError::Invalid(_))),
+        "size 0",
+    )?;
+    ensure(
+        matches!(
+            SharedMemory::attach("mp_test_no_such_segment"),
+            Err(ShmError::NotFound(_))
+        ),
+        "attach missing",
+    )?;
+    ensure(
+        matches!(SharedMemory::attach("bad/name"), Err(ShmError::Invalid(_))),
+        "bad name",
+    )?;
+    ensure(
+        shm.read_at(9_999, &mut [0u8; 2]).is_err(),
+        "read past the end",
+    )?;
+    shm.unlink()?;
+    ensure(
+        matches!(SharedMemory::attach(shm.name()), Err(ShmError::NotFound(_))),
+        "attach after unlink",
+    )?;
+    ensure(
+        matches!(shm.unlink(), Err(ShmError::NotFound(_))),
+        "second unlink",
+    )
+}
+
+fn creator_killed_leaves_no_segment() -> R {
+    let name = unique("killed");
+    let ready = mp_sync::Event::new()?;
+    let mut p = Process::new(create_and_wait, (name.clone(), 600, ready.clone())).start()?;
+    ensure(
+        ready.wait(Some(Duration::from_secs(30))),
+        "the child did not create the segment",
+    )?;
+    ensure(
+        std::path::Path::new("/dev/shm").join(&name).exists(),
+        "segment exists",
+    )?;
+    p.kill()?;
+    let _ = p.join();
+    ensure(
+        gone_within(&name, Duration::from_secs(20)),
+        "segment removed after its creator was killed",
+    )?;
+    // A creator that returns without unlinking: removed at its exit too.
+    let name = unique("exited");
+    ensure(
+        Process::new(create_and_wait, (name.clone(), 0, mp_sync::Event::new()?))
+            .start()?
+            .join()?,
+        "created",
+    )?;
+    ensure(
+        gone_within(&name, Duration::from_secs(20)),
+        "segment removed after its creator exited",
+    )
+}
+
+fn untracked_segment_outlives_its_creator() -> R {
+    let name = unique("untracked");
+    ensure(
+        Process::new(create_untracked, (name.clone(),))
+            .start()?
+            .join()?,
+        "created",
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    let shm = SharedMemory::attach(&name)?;
+    ensure(shm.size() == 4096, "real size")?;
+    shm.unlink()?;
+    ensure(
+        !std::path::Path::new("/dev/shm").join(&name).exists(),
+        "unlinked",
+    )
+}
+
+fn main() {
+    init();
+    let args = Arguments::from_args();
+    let method = get_start_method();
+    let t = |name: &str, f: fn() -> R| Trial::test(format!("{method}::{name}"), f);
+    let tests = vec![
+        t("child_write_is_seen", child_write_is_seen),
+        t("locked_increments_are_exact", locked_increments_are_exact),
+        t("atomic_value_needs_no_lock", atomic_value_needs_no_lock),
+        t("structs_and_arrays", structs_and_arrays),
+        t(
+            "parallel_sum_over_a_raw_array",
+            parallel_sum_over_a_raw_array,
+        ),
+        t("one_lock_for_two_values", one_lock_for_two_values),
+        t(
+            "holder_killed_does_not_deadlock",
+            holder_killed_does_not_deadlock,
+        ),
+        t("nothing_left_in_dev_shm", nothing_left_in_dev_shm),
+        t("type_checked_on_receipt", type_checked_on_receipt),
+        t(
+            "named_segment_travels_by_name",
+            named_segment_travels_by_name,
+        ),
+        t(
+            "creator_killed_leaves_no_segment",
+            creator_killed_leaves_no_segment,
+        ),
+        t(
+            "untracked_segment_outlives_its_creator",
+            untracked_segment_outlives_its_creator,
+        ),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
