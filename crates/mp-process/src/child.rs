@@ -2,7 +2,7 @@
 //! send the outcome, clean up our own children, exit.
 use crate::current::{state, ParentProcess};
 use crate::launch::CHILD_FD;
-use crate::target::resolve;
+use crate::target::{resolve, Entry};
 use crate::wire::{Bootstrap, ExeId, Outcome, MAGIC, MAX_FRAME};
 use mp_core::fdpass::{recv_frame, send_frame};
 use std::io::Write;
@@ -107,22 +107,10 @@ fn run(sock: &OwnedFd) -> i32 {
         }
     }
     become_child(&boot);
-    install_panic_hook();
     // SAFETY: the executable's identity was checked just above, so the offset names a
     // trampoline in this very image; the trampoline re-checks the target's type hash.
     let entry = unsafe { resolve(boot.entry_offset) };
-    let run = catch_unwind(AssertUnwindSafe(|| entry(boot.type_hash, &boot.args, fds)));
-    let (outcome, out_fds) = match run {
-        Ok(r) => r,
-        Err(payload) => {
-            let (message, location) = LAST_PANIC
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .unwrap_or_else(|| (payload_text(&*payload), None));
-            (Outcome::Panicked { message, location }, Vec::new())
-        }
-    };
+    let (outcome, out_fds) = run_entry(entry, boot.type_hash, &boot.args, fds);
     let code = i32::from(!matches!(outcome, Outcome::Ok(_)));
     report(sock, &outcome, &out_fds);
     code
@@ -202,7 +190,36 @@ fn payload_text(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Calls a trampoline, turning a panic into [`Outcome::Panicked`] with the message and
+/// location our panic hook saw.
+pub(crate) fn run_entry(
+    entry: Entry,
+    hash: u64,
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+) -> (Outcome, Vec<OwnedFd>) {
+    install_panic_hook();
+    match catch_unwind(AssertUnwindSafe(|| entry(hash, args, fds))) {
+        Ok(r) => r,
+        Err(payload) => {
+            let (message, location) = LAST_PANIC
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| (payload_text(&*payload), None));
+            (Outcome::Panicked { message, location }, Vec::new())
+        }
+    }
+}
+
+/// Installs (once per process) a panic hook that records the message and location,
+/// then hands over to the hook that was there (which prints, as usual).
 fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(install_panic_hook_now);
+}
+
+fn install_panic_hook_now() {
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let message = payload_text(info.payload());

@@ -56,4 +56,4 @@ pub use error::ProcessError;
 pub use launch::forkserver_pid;
 pub use process::{active_children, init, ChildInfo, ExitStatus, Process, ProcessBuilder};
 pub use rustix::process::Signal;
-pub use target::Target;
+pub use target::{RemoteTarget, Target};

@@ -140,3 +140,67 @@ pub(crate) unsafe fn resolve(offset: i64) -> Entry {
     // parent's identical image.
     unsafe { std::mem::transmute::<usize, Entry>(addr) }
 }
+
+/// Names a target so that another process running this same executable can call it:
+/// what a pool sends its workers, the function once and then arguments many times.
+///
+/// It is plain data (`Serialize`): the offset of the target's trampoline, the identity
+/// of the executable and a hash of the type names. [`call`](RemoteTarget::call) checks
+/// the executable before it resolves anything, and the trampoline checks the hash, so a
+/// `RemoteTarget` from another program is an error, never a jump into the unknown.
+///
+/// ```
+/// use mp_process::RemoteTarget;
+/// fn add(a: u32, b: u32) -> u32 { a + b }
+/// let t = RemoteTarget::of::<_, (u32, u32)>(add).unwrap();
+/// let (args, fds) = mp_core::handles::encode(&(2u32, 3u32)).unwrap();
+/// let (out, out_fds) = t.call(&args, fds).unwrap();
+/// assert_eq!(mp_core::handles::decode::<u32>(&out, out_fds).unwrap(), 5);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RemoteTarget {
+    exe: crate::wire::ExeId,
+    offset: i64,
+    hash: u64,
+}
+
+impl RemoteTarget {
+    /// The remote name of `target`, called with arguments `A` (a tuple).
+    pub fn of<F: Target<A>, A: DeserializeOwned>(target: F) -> Result<Self, crate::ProcessError> {
+        let _ = target;
+        let (offset, hash) = locate::<F, A>();
+        let exe = crate::wire::ExeId::cached().map_err(crate::ProcessError::Start)?;
+        Ok(RemoteTarget { exe, offset, hash })
+    }
+
+    /// Calls the target on encoded arguments (the bytes and fds of an `A`, from
+    /// `mp_core::handles::encode`), returning the encoded result. A panic comes back as
+    /// [`ProcessError::Panicked`](crate::ProcessError::Panicked) with its message and
+    /// location; a target from another executable, or arguments that do not decode, as
+    /// [`ProcessError::Bootstrap`](crate::ProcessError::Bootstrap).
+    pub fn call(
+        &self,
+        args: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Vec<u8>, Vec<OwnedFd>), crate::ProcessError> {
+        match crate::wire::ExeId::cached() {
+            Ok(id) if id == self.exe => {}
+            _ => {
+                return Err(crate::ProcessError::Bootstrap(
+                    "the target names a function of another executable".into(),
+                ))
+            }
+        }
+        // SAFETY: the executable is the one the offset was measured in (checked above),
+        // so it names a trampoline of this image; the trampoline checks the type hash.
+        let entry = unsafe { resolve(self.offset) };
+        match crate::child::run_entry(entry, self.hash, args, fds) {
+            (Outcome::Ok(bytes), fds) => Ok((bytes, fds)),
+            (Outcome::Panicked { message, location }, _) => {
+                Err(crate::ProcessError::Panicked { message, location })
+            }
+            (Outcome::ResultEncode(m), _) => Err(crate::ProcessError::ResultEncode(m)),
+            (Outcome::Bootstrap(m), _) => Err(crate::ProcessError::Bootstrap(m)),
+        }
+    }
+}
