@@ -4,8 +4,15 @@
 //! Each primitive lives in its own small crate, re-exported here; depend on this facade,
 //! or on one crate alone.
 //!
-//! - [`Process`] ([`mp_process`]): run a Rust function in a child process started with
+//! - [`Process`] ([`process`]): run a Rust function in a child process started with
 //!   spawn, forkserver or fork, and get its return value back.
+//! - [`Pipe`](pipe::Pipe), [`Connection`] ([`pipe`]): messages between processes,
+//!   fd passing, `wait`, and `Listener`/`Client` that talk to Python's
+//!   `multiprocessing.connection`.
+//! - [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`],
+//!   [`Barrier`] ([`sync`]): in shared memory, robust when a holder dies.
+//! - [`Value`], [`Array`], [`SharedMemory`] ([`shm`]): shared memory, with a lock or
+//!   lock-free, and named segments that never leak.
 //! - [`core`] ([`mp_core`]): errors, the Python-compatible frame codec, fd transfer,
 //!   futex and shared-memory regions, shared by every crate.
 //!
@@ -26,21 +33,31 @@
 #[doc(inline)]
 pub use mp_core as core;
 #[doc(inline)]
+pub use mp_pipe as pipe;
+#[doc(inline)]
 pub use mp_process as process;
+#[doc(inline)]
+pub use mp_shm as shm;
+#[doc(inline)]
+pub use mp_sync as sync;
 
 pub use mp_core::Handle;
+pub use mp_pipe::{connect, pipe, pipe_oneway, wait, Client, Connection, Listener, PipeError};
 pub use mp_process::{
     active_children, cpu_count, current_process, get_all_start_methods, get_context,
     get_start_method, init, parent_process, set_start_method, Context, ExitStatus, Process,
     ProcessError, StartMethod,
 };
+pub use mp_shm::{shared_struct, Array, RawArray, RawValue, SharedMemory, ShmError, Value};
+pub use mp_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, SyncError};
 /// `#[multiproc::main]`: calls [`init`] as the first statement of `main`.
 pub use multiproc_macros::main;
 
 /// The names most programs use.
 pub mod prelude {
     pub use crate::{
-        active_children, cpu_count, current_process, get_context, parent_process, Handle, Process,
-        ProcessError, StartMethod,
+        active_children, cpu_count, current_process, get_context, parent_process, pipe, wait,
+        Array, Barrier, BoundedSemaphore, Condition, Connection, Event, Handle, Lock, Process,
+        ProcessError, RLock, Semaphore, SharedMemory, StartMethod, Value,
     };
 }
