@@ -66,8 +66,8 @@ impl FdChannel {
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         let bytes = tag.to_le_bytes();
         loop {
-            let mut space = [MaybeUninit::<u8>::uninit();
-                rustix::cmsg_space!(ScmRights(MAX_FDS_PER_ITEM))];
+            let mut space =
+                [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_ITEM))];
             let mut control = SendAncillaryBuffer::new(&mut space);
             if !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
                 return Err(SendFail::Io(io::Error::other("too many fds for one item")));

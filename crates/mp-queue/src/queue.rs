@@ -114,7 +114,7 @@ enum PutFail {
 }
 
 impl Shared {
-    fn new(builder: &QueueBuilder, type_hash: u64) -> Result<Shared, QueueError> {
+    fn new<T>(builder: &QueueBuilder<T>, type_hash: u64) -> Result<Shared, QueueError> {
         Ok(Shared {
             ring: Ring::create(
                 builder.capacity,
@@ -177,8 +177,7 @@ impl Shared {
                 break guard;
             }
             drop(guard);
-            if !block || !wait_until(&h.space, deadline, || ring.closed() || ring.room_for(rec))
-            {
+            if !block || !wait_until(&h.space, deadline, || ring.closed() || ring.room_for(rec)) {
                 return Err(PutFail::Full);
             }
         };
@@ -195,10 +194,12 @@ impl Shared {
             // Stored before the send: a producer killed after sending leaves a message
             // with a tag older than any later record's.
             p.fd_tag.store(t, Ordering::Relaxed);
-            self.fds.send(t, fds, block, deadline).map_err(|e| match e {
-                SendFail::Full => PutFail::Full,
-                SendFail::Io(e) => PutFail::Io(e),
-            })?;
+            self.fds
+                .send(t, fds, block, deadline)
+                .map_err(|e| match e {
+                    SendFail::Full => PutFail::Full,
+                    SendFail::Io(e) => PutFail::Io(e),
+                })?;
             t
         };
         let corrupt = |e: &'static str| PutFail::Io(std::io::Error::other(e));
@@ -377,14 +378,29 @@ impl<T> fmt::Debug for Queue<T> {
 }
 
 /// Configures a [`Queue`] before creating it: [`Queue::builder`].
-#[derive(Clone, Debug)]
-pub struct QueueBuilder {
+pub struct QueueBuilder<T> {
     maxsize: u64,
     capacity: u64,
     segment_shift: u32,
+    _t: PhantomData<fn(T) -> T>,
 }
 
-impl QueueBuilder {
+impl<T> Clone for QueueBuilder<T> {
+    fn clone(&self) -> Self {
+        QueueBuilder { ..*self }
+    }
+}
+
+impl<T> fmt::Debug for QueueBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueBuilder")
+            .field("maxsize", &self.maxsize)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
     /// At most `maxsize` items (0: unbounded, as in Python).
     pub fn maxsize(mut self, maxsize: usize) -> Self {
         self.maxsize = maxsize as u64;
@@ -401,7 +417,7 @@ impl QueueBuilder {
     }
 
     /// Creates the queue.
-    pub fn build<T: Serialize + DeserializeOwned>(self) -> Result<Queue<T>, QueueError> {
+    pub fn build(self) -> Result<Queue<T>, QueueError> {
         if self.maxsize > i64::MAX as u64 {
             return Err(QueueError::InvalidArgument("maxsize too large"));
         }
@@ -424,11 +440,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// A builder, for the byte capacity.
-    pub fn builder() -> QueueBuilder {
+    pub fn builder() -> QueueBuilder<T> {
         QueueBuilder {
             maxsize: 0,
             capacity: DEFAULT_CAPACITY,
             segment_shift: DEFAULT_SEGMENT_SHIFT,
+            _t: PhantomData,
         }
     }
 
@@ -640,10 +657,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                 ring,
                 producer,
                 consumer,
-                fds: FdChannel {
-                    tx: tx.0,
-                    rx: rx.0,
-                },
+                fds: FdChannel { tx: tx.0, rx: rx.0 },
             }),
             _t: PhantomData,
         })

@@ -190,8 +190,9 @@ impl Ring {
     ) -> Result<Ring, QueueError> {
         let seg = 1u64 << shift.min(63);
         let nseg = capacity.div_ceil(seg).max(2);
-        let geo = Geometry::new(shift, nseg)
-            .ok_or(QueueError::InvalidArgument("capacity or segment size out of range"))?;
+        let geo = Geometry::new(shift, nseg).ok_or(QueueError::InvalidArgument(
+            "capacity or segment size out of range",
+        ))?;
         let region = SharedRegion::new(geo.total)?;
         let ring = Ring {
             region,
@@ -202,7 +203,8 @@ impl Ring {
         let c = &ring.hdr().cfg;
         c.seg_shift.store(shift, Ordering::Relaxed);
         c.nseg.store(nseg as u32, Ordering::Relaxed);
-        c.hot.store(ring.hot.min(u64::from(u32::MAX)) as u32, Ordering::Relaxed);
+        c.hot
+            .store(ring.hot.min(u64::from(u32::MAX)) as u32, Ordering::Relaxed);
         c.maxsize.store(maxsize, Ordering::Relaxed);
         c.type_hash.store(type_hash, Ordering::Relaxed);
         c.version.store(VERSION, Ordering::Relaxed);
@@ -275,7 +277,13 @@ impl Ring {
         // SAFETY: `segmap + 8 * nseg <= total <= region.len()` (Geometry, checked in
         // `open`); the offset is 8-aligned in a page-aligned mapping; an AtomicU64 is
         // valid for any bytes.
-        unsafe { &*self.region.as_ptr().add(self.geo.segmap + 8 * i).cast::<AtomicU64>() }
+        unsafe {
+            &*self
+                .region
+                .as_ptr()
+                .add(self.geo.segmap + 8 * i)
+                .cast::<AtomicU64>()
+        }
     }
 
     #[inline]
@@ -283,7 +291,13 @@ impl Ring {
         let i = (r % self.geo.nseg) as usize;
         // SAFETY: as for `segmap`: `recycle + 4 * nseg <= total <= region.len()`,
         // 4-aligned, any bytes valid.
-        unsafe { &*self.region.as_ptr().add(self.geo.recycle + 4 * i).cast::<AtomicU32>() }
+        unsafe {
+            &*self
+                .region
+                .as_ptr()
+                .add(self.geo.recycle + 4 * i)
+                .cast::<AtomicU32>()
+        }
     }
 
     /// The item limit (0: unbounded).
