@@ -276,7 +276,7 @@ impl Shared {
         let c = &ring.hdr().cons;
         let avail = tail.wrapping_sub(head);
         let corrupt = GetError::Corrupt;
-        if avail < REC_HDR || avail > 1 << 62 {
+        if !(REC_HDR..=1 << 62).contains(&avail) {
             return Err(corrupt("head and tail disagree"));
         }
         let mut header = [0u8; REC_HDR as usize];

@@ -319,10 +319,10 @@ fn bounded_full_and_empty_with_timeouts() -> R {
         "put_nowait fails at once",
     )?;
     let t = Instant::now();
-    let e = q.put_timeout(4, Duration::from_millis(200)).unwrap_err();
+    let r = q.put_timeout(4, Duration::from_millis(200));
     let waited = t.elapsed();
     ensure(
-        e.is_full() && e.into_inner() == 4,
+        matches!(r, Err(PutError::Full(4))),
         "Full hands the value back",
     )?;
     ensure(
@@ -343,13 +343,15 @@ fn bounded_full_and_empty_with_timeouts() -> R {
     ensure(q.get_nowait()? == 2 && q.get()? == 6, "FIFO")?;
     ensure(q.empty() && !q.full(), "empty again")?;
     let t = Instant::now();
-    ensure(q.get_nowait().unwrap_err().is_empty(), "get_nowait: Empty")?;
+    ensure(
+        q.get_nowait().is_err_and(|e| e.is_empty()),
+        "get_nowait: Empty",
+    )?;
     ensure(t.elapsed() < Duration::from_secs(5), "at once")?;
     let t = Instant::now();
     ensure(
         q.get_timeout(Duration::from_millis(200))
-            .unwrap_err()
-            .is_empty(),
+            .is_err_and(|e| e.is_empty()),
         "timed get: Empty",
     )?;
     let waited = t.elapsed();
@@ -358,7 +360,7 @@ fn bounded_full_and_empty_with_timeouts() -> R {
         format!("timed get waited {waited:?}"),
     )?;
     ensure(
-        q.get_with(false, Some(LONG)).unwrap_err().is_empty(),
+        q.get_with(false, Some(LONG)).is_err_and(|e| e.is_empty()),
         "block=false ignores timeout",
     )
 }
@@ -395,11 +397,14 @@ fn close_semantics() -> R {
         Err(PutError::Closed(3)) => {}
         other => return Err(format!("put after close: {other:?}").into()),
     }
-    ensure(q2.put_nowait(3).unwrap_err().is_closed(), "put_nowait too")?;
-    ensure(q2.get()? == 1 && q2.get()? == 2, "items put before close")?;
-    ensure(q2.get().unwrap_err().is_closed(), "then Closed")?;
     ensure(
-        q2.get_nowait().unwrap_err().is_closed(),
+        q2.put_nowait(3).is_err_and(|e| e.is_closed()),
+        "put_nowait too",
+    )?;
+    ensure(q2.get()? == 1 && q2.get()? == 2, "items put before close")?;
+    ensure(q2.get().is_err_and(|e| e.is_closed()), "then Closed")?;
+    ensure(
+        q2.get_nowait().is_err_and(|e| e.is_closed()),
         "get_nowait Closed",
     )?;
     ensure(q2.iter().next().is_none(), "iterator ends")?;
@@ -486,7 +491,7 @@ fn nothing_lost_when_producer_returns() -> R {
         let it = q.get_nowait()?;
         ensure(it.seq == i && it.intact(), format!("item {i}"))?;
     }
-    ensure(q.get_nowait().unwrap_err().is_empty(), "nothing more")
+    ensure(q.get_nowait().is_err_and(|e| e.is_empty()), "nothing more")
 }
 
 fn producers_killed_in_a_loop() -> R {
