@@ -4,7 +4,7 @@ use crate::fds::{FdChannel, SendFail, MAX_FDS_PER_ITEM};
 use crate::ring::{record_size, type_hash, Ring, WaitWord, REC_HDR};
 use mp_core::handles::{decode, encode_into, Handle};
 use mp_core::{futex, Deadline, SharedRegion};
-use mp_sync::{Lock, LockGuard};
+use mp_sync::{Lock, SyncError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cell::Cell;
@@ -22,8 +22,9 @@ pub const DEFAULT_CAPACITY: u64 = 4 << 30;
 const DEFAULT_SEGMENT_SHIFT: u32 = 18; // 256 KiB
 /// Bytes of free segments kept mapped for reuse before pages go back to the kernel.
 const DEFAULT_HOT: u64 = 1 << 20;
-/// Polls of a condition before a waiter sleeps (only with more than one CPU).
-const SPINS: u32 = 2000;
+/// Spin-loop hints a waiter spends polling before it sleeps (only with more than one
+/// CPU).
+const SPINS: u32 = 4000;
 /// Encode buffers larger than this are not kept for the next put.
 const KEEP_BUFFER: usize = 1 << 20;
 
@@ -47,11 +48,19 @@ fn spin_allowed() -> bool {
 /// sleeps on its futex. Returns the last `ready()`.
 pub(crate) fn wait_until(w: &WaitWord, deadline: Deadline, ready: impl Fn() -> bool) -> bool {
     if spin_allowed() {
-        for _ in 0..SPINS {
+        // Look less often as the wait goes on: each look pulls the cache line the
+        // other side is writing, and slows it down.
+        let mut pause = 1;
+        let mut spent = 0;
+        while spent < SPINS {
             if ready() {
                 return true;
             }
-            std::hint::spin_loop();
+            for _ in 0..pause {
+                std::hint::spin_loop();
+            }
+            spent += pause;
+            pause = (pause * 2).min(64);
         }
     }
     loop {
@@ -86,16 +95,61 @@ pub(crate) fn notify(w: &WaitWord, all: bool) {
     }
 }
 
+/// Encodes `value` as a record: 8 bytes for the header (filled later), then postcard.
+fn encode_record<T: Serialize>(value: &T) -> mp_core::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut buf = BUF.with(Cell::take);
+    buf.clear();
+    buf.extend_from_slice(&[0; REC_HDR as usize]);
+    // Fast path: plain postcard. A value holding an fd fails here (outside a carrier,
+    // `push_fd` refuses) and takes the handle-collecting encoder below, which also
+    // gives the full reason of a real error.
+    match mp_core::postcard::to_extend(value, buf) {
+        Ok(bytes) => Ok((bytes, Vec::new())),
+        Err(_) => encode_into(value, vec![0; REC_HDR as usize]),
+    }
+}
+
+/// Decodes a record's payload; `fds` is `None` when the record carries none.
+fn decode_payload<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Option<Vec<OwnedFd>>,
+) -> mp_core::Result<T> {
+    if fds.is_none() {
+        // Fast path, as for encoding; any failure is decoded again for its reason.
+        if let Ok((v, [])) = mp_core::postcard::take_from_bytes::<T>(bytes) {
+            return Ok(v);
+        }
+    }
+    decode(bytes, fds.unwrap_or_default())
+}
+
+/// A held producer or consumer lock; released on drop.
+struct Held<'a>(&'a Lock);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // We hold it, so this cannot fail; `release` is the cheapest path (one swap).
+        let _ = self.0.release();
+    }
+}
+
 /// Takes `lock`, blocking until `deadline`. `None` on timeout. The flag says the
 /// previous holder died holding it (the caller repairs).
-fn take_lock(lock: &Lock, deadline: Deadline) -> Option<(LockGuard<'_>, bool)> {
-    let r = match deadline.remaining() {
-        None => lock.lock().map(Some).map_err(|e| Some(e.into_inner())),
-        Some(left) => lock.lock_timeout(left).map_err(|e| e.into_inner()),
+fn take_lock(lock: &Lock, deadline: Deadline) -> Option<(Held<'_>, bool)> {
+    let timeout = if deadline.is_never() {
+        None
+    } else {
+        Some(deadline.remaining().unwrap_or_default())
     };
-    match r {
-        Ok(g) => g.map(|g| (g, false)),
-        Err(g) => g.map(|g| (g, true)),
+    match lock.acquire(true, timeout) {
+        Ok(true) => Some((Held(lock), false)),
+        Ok(false) => None,
+        Err(SyncError::OwnerDied(held)) => {
+            held.keep(); // released by our `Held`
+            Some((Held(lock), true))
+        }
+        // `acquire` fails only with OwnerDied; anything else counts as not taken.
+        Err(_) => None,
     }
 }
 
@@ -151,17 +205,21 @@ impl Shared {
                 .store(c.new_get_seq.load(Ordering::Relaxed), Ordering::Release);
             c.committing.store(0, Ordering::Release);
         }
+        // Segments the dead consumer left without recycling them.
+        let _ = self.ring.recycle_upto(c.head.load(Ordering::Relaxed));
     }
 
-    fn put_bytes(
+    /// Puts one record: `record` is an 8-byte space for the header, then the payload.
+    fn put_record(
         &self,
-        bytes: &[u8],
+        record: &mut [u8],
         fds: &[OwnedFd],
         block: bool,
         deadline: Deadline,
     ) -> Result<(), PutFail> {
         let ring = &self.ring;
-        let rec = record_size(bytes.len() as u64);
+        let len = record.len() as u64 - REC_HDR;
+        let rec = record_size(len);
         let h = ring.hdr();
         let guard = loop {
             let (guard, died) = take_lock(&self.producer, deadline).ok_or(PutFail::Full)?;
@@ -204,11 +262,9 @@ impl Shared {
         };
         let corrupt = |e: &'static str| PutFail::Io(std::io::Error::other(e));
         ring.assign(tail, rec).map_err(corrupt)?;
-        let mut header = [0u8; REC_HDR as usize];
-        header[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-        header[4..].copy_from_slice(&tag.to_le_bytes());
-        ring.write(tail, &header).map_err(corrupt)?;
-        ring.write(tail + REC_HDR, bytes).map_err(corrupt)?;
+        record[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        record[4..8].copy_from_slice(&tag.to_le_bytes());
+        ring.write(tail, record).map_err(corrupt)?;
         // Commit: journal, then the counters (put_seq first, so a consumer never takes
         // an item that is not counted yet: task_done relies on it), then the tail.
         p.new_tail.store(tail + rec, Ordering::Relaxed);
@@ -276,32 +332,31 @@ impl Shared {
         let c = &ring.hdr().cons;
         let avail = tail.wrapping_sub(head);
         let corrupt = GetError::Corrupt;
-        if !(REC_HDR..=1 << 62).contains(&avail) {
+        if !(REC_HDR..=ring.capacity()).contains(&avail) {
             return Err(corrupt("head and tail disagree"));
         }
-        let mut header = [0u8; REC_HDR as usize];
-        ring.read(head, &mut header).map_err(corrupt)?;
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let tag = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let (len, tag, inline) = ring.record_at(head).map_err(corrupt)?;
         let rec = record_size(u64::from(len));
         if rec > avail {
             return Err(corrupt("a record runs past the tail"));
         }
         let fds = if tag != 0 {
-            self.fds.take(tag)
+            self.fds.take(tag).map(Some)
         } else {
-            Ok(Vec::new())
+            Ok(None)
         };
+        // Dequeue the fd message after the commit only if it is this record's.
+        let matched = tag != 0 && fds.is_ok();
         let value = match fds {
             Err(why) => Err(GetError::Decode(mp_core::Error::decode::<T>(why))),
             Ok(fds) => {
                 let at = head + REC_HDR;
-                match ring.slice(at, len as usize).map_err(corrupt)? {
-                    Some(bytes) => decode::<T>(bytes, fds),
+                match inline {
+                    Some(bytes) => decode_payload::<T>(bytes, fds),
                     None => {
                         let mut buf = vec![0u8; len as usize];
                         ring.read(at, &mut buf).map_err(corrupt)?;
-                        decode::<T>(&buf, fds)
+                        decode_payload::<T>(&buf, fds)
                     }
                 }
                 .map_err(GetError::Decode)
@@ -314,10 +369,12 @@ impl Shared {
         c.head.store(new_head, Ordering::Release);
         c.get_seq.store(seq, Ordering::Release);
         c.committing.store(0, Ordering::Release);
-        if tag != 0 {
+        if matched {
             self.fds.discard();
         }
-        ring.recycle_upto(new_head).map_err(corrupt)?;
+        // Only a process scribbling on the memory can make this fail; the item is
+        // taken all the same.
+        let _ = ring.recycle_upto(new_head);
         value
     }
 
@@ -409,7 +466,7 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
 
     /// How many bytes of encoded items the queue holds at most (default
     /// [`DEFAULT_CAPACITY`], 4 GiB of address space; memory is used only as items need
-    /// it). Rounded up to whole segments (256 KiB, at least 2). An item larger than
+    /// it). Rounded up to a power of two of whole segments (256 KiB, at least 2). An item larger than
     /// the capacity less one segment is refused with [`PutError::TooLarge`].
     pub fn capacity(mut self, bytes: u64) -> Self {
         self.capacity = bytes;
@@ -454,8 +511,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         if shared.ring.closed() {
             return Err(PutError::Closed(value));
         }
-        let buf = BUF.with(Cell::take);
-        let (bytes, fds) = match encode_into(&value, buf) {
+        let (mut bytes, fds) = match encode_record(&value) {
             Ok(x) => x,
             Err(e) => return Err(PutError::Encode(value, e)),
         };
@@ -466,12 +522,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             ));
             return Err(PutError::Encode(value, e));
         }
-        let too_large = bytes.len() > u32::MAX as usize
-            || record_size(bytes.len() as u64) > shared.ring.max_record();
+        let len = bytes.len() - REC_HDR as usize;
+        let too_large =
+            len > u32::MAX as usize || record_size(len as u64) > shared.ring.max_record();
         let res = if too_large {
             Err(PutError::TooLarge(value))
         } else {
-            match shared.put_bytes(&bytes, &fds, block, deadline) {
+            match shared.put_record(&mut bytes, &fds, block, deadline) {
                 Ok(()) => Ok(()),
                 Err(PutFail::Full) => Err(PutError::Full(value)),
                 Err(PutFail::Closed) => Err(PutError::Closed(value)),
@@ -479,8 +536,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             }
         };
         if bytes.capacity() <= KEEP_BUFFER {
-            let mut bytes = bytes;
-            bytes.clear();
             BUF.with(|b| b.set(bytes));
         }
         res

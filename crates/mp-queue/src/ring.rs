@@ -5,7 +5,7 @@
 //!
 //! `head` and `tail` are byte positions in an endless logical stream (u64, never
 //! wrapping in practice). Logical segment `l = pos >> shift` lives in physical segment
-//! `segmap[l % nseg]`, assigned by the producer that first writes into it: a recycled
+//! `segmap[l % nseg]` (`nseg` a power of two), assigned by the producer that first writes into it: a recycled
 //! segment if one is free (hot pages, no fault), else a never-used one. When `head`
 //! leaves a segment, the consumer pushes its physical segment on the recycle ring. So a
 //! queue that keeps up reuses a few hot segments, while one that falls behind grows up
@@ -137,7 +137,8 @@ struct Geometry {
 
 impl Geometry {
     fn new(shift: u32, nseg: u64) -> Option<Geometry> {
-        if !(12..=30).contains(&shift) || !(2..=MAX_SEGS).contains(&nseg) {
+        if !(12..=30).contains(&shift) || !(2..=MAX_SEGS).contains(&nseg) || !nseg.is_power_of_two()
+        {
             return None;
         }
         let page = rustix::param::page_size();
@@ -189,7 +190,8 @@ impl Ring {
         type_hash: u64,
     ) -> Result<Ring, QueueError> {
         let seg = 1u64 << shift.min(63);
-        let nseg = capacity.div_ceil(seg).max(2);
+        // A power of two, so that slots are found with a mask, not a division.
+        let nseg = capacity.div_ceil(seg).max(2).next_power_of_two();
         let geo = Geometry::new(shift, nseg).ok_or(QueueError::InvalidArgument(
             "capacity or segment size out of range",
         ))?;
@@ -273,7 +275,7 @@ impl Ring {
 
     #[inline]
     fn segmap(&self, l: u64) -> &AtomicU64 {
-        let i = (l % self.geo.nseg) as usize;
+        let i = (l & (self.geo.nseg - 1)) as usize;
         // SAFETY: `segmap + 8 * nseg <= total <= region.len()` (Geometry, checked in
         // `open`); the offset is 8-aligned in a page-aligned mapping; an AtomicU64 is
         // valid for any bytes.
@@ -288,7 +290,7 @@ impl Ring {
 
     #[inline]
     fn recycle_slot(&self, r: u64) -> &AtomicU32 {
-        let i = (r % self.geo.nseg) as usize;
+        let i = (r & (self.geo.nseg - 1)) as usize;
         // SAFETY: as for `segmap`: `recycle + 4 * nseg <= total <= region.len()`,
         // 4-aligned, any bytes valid.
         unsafe {
@@ -303,6 +305,11 @@ impl Ring {
     /// The item limit (0: unbounded).
     pub(crate) fn maxsize(&self) -> u64 {
         self.maxsize
+    }
+
+    /// The most bytes the stream can hold.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.geo.nseg << self.geo.shift
     }
 
     /// The largest record that can ever fit.
@@ -445,16 +452,32 @@ impl Ring {
         Ok(())
     }
 
-    /// The `len` bytes at `pos` as one slice, if they lie in one segment.
-    pub(crate) fn slice(&self, pos: u64, len: usize) -> Result<Option<&[u8]>, &'static str> {
+    /// The record at `pos` (published, unconsumed): its payload length, its fd tag,
+    /// and its payload as one slice if it lies in one segment.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn record_at(&self, pos: u64) -> Result<(u32, u32, Option<&[u8]>), &'static str> {
         let (p, room) = self.locate(pos)?;
-        if len > room {
-            return Ok(None);
+        let mut h = [0u8; REC_HDR as usize];
+        // Records are 8-aligned and segments are multiples of 8: the header is whole
+        // (unless the shared memory was scribbled on).
+        if room < h.len() {
+            return Err("a record header straddles a segment");
         }
-        // SAFETY: in bounds (`locate`); published and unconsumed, so nobody writes these
-        // bytes while the caller (holding the consumer lock, and borrowing `self`)
-        // reads them; the caller drops the slice before it advances `head`.
-        Ok(Some(unsafe { std::slice::from_raw_parts(p, len) }))
+        // SAFETY: `locate` gives `room >= 8` in-bounds bytes at `p` (8-aligned position
+        // in a segment whose size is a multiple of 8); the record is published and
+        // unconsumed, so nobody writes it while the caller holds the consumer lock.
+        unsafe { std::ptr::copy_nonoverlapping(p, h.as_mut_ptr(), h.len()) };
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let tag = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let inline = if REC_HDR as usize + len as usize <= room {
+            // SAFETY: in bounds (checked just above against `room`); published and
+            // unconsumed as above; the slice borrows `self` and the caller drops it
+            // before it advances `head`.
+            Some(unsafe { std::slice::from_raw_parts(p.add(REC_HDR as usize), len as usize) })
+        } else {
+            None
+        };
+        Ok((len, tag, inline))
     }
 
     /// Pushes every segment that `head` has left on the recycle ring. Idempotent: a
