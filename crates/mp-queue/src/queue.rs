@@ -103,9 +103,29 @@ fn encode_record<T: Serialize>(value: &T) -> mp_core::Result<(Vec<u8>, Vec<Owned
     // Fast path: plain postcard. A value holding an fd fails here (outside a carrier,
     // `push_fd` refuses) and takes the handle-collecting encoder below, which also
     // gives the full reason of a real error.
-    match mp_core::postcard::to_extend(value, buf) {
+    match mp_core::postcard::serialize_with_flavor(value, VecFlavor(buf)) {
         Ok(bytes) => Ok((bytes, Vec::new())),
         Err(_) => encode_into(value, vec![0; REC_HDR as usize]),
+    }
+}
+
+/// A postcard output that appends to a `Vec` with `extend_from_slice`.
+struct VecFlavor(Vec<u8>);
+
+impl mp_core::postcard::ser_flavors::Flavor for VecFlavor {
+    type Output = Vec<u8>;
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> mp_core::postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+    #[inline]
+    fn try_push(&mut self, data: u8) -> mp_core::postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+    fn finalize(self) -> mp_core::postcard::Result<Vec<u8>> {
+        Ok(self.0)
     }
 }
 
