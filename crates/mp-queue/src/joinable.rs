@@ -97,7 +97,7 @@ impl<T> JoinableQueue<T> {
             ) {
                 Ok(_) => {
                     if done + 1 == put {
-                        crate::queue::notify(&h.joiners, true);
+                        h.joiners.notify(true);
                     }
                     return Ok(());
                 }
@@ -118,7 +118,7 @@ impl<T> JoinableQueue<T> {
 
     fn join_until(&self, deadline: Deadline) -> bool {
         let h = self.queue.ring().hdr();
-        crate::queue::wait_until(&h.joiners, deadline, || {
+        h.joiners.wait_until(deadline, || {
             h.join.done.load(Ordering::Acquire) >= h.prod.put_seq.load(Ordering::Acquire)
         })
     }

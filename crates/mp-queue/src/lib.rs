@@ -81,9 +81,14 @@
 //! gets deliver what was put before, then fail with [`GetError::Closed`], which is
 //! what ends [`Queue::iter`].
 //!
-//! Known limits: a process killed while it sleeps waiting leaves the waiter count
-//! raised, which costs later puts (or gets) a futex wake each; a producer killed at
-//! one precise point of a segment assignment leaks that segment of capacity.
+//! **Waiters killed while asleep.** A sleeper registers in a waiter count before it
+//! sleeps; one killed with SIGKILL cannot unregister. Sleepers sleep in slices of
+//! 250 ms and register again for each, so when wakes have found nobody asleep for a
+//! second the count is known to be stale and is reset: the no-syscall fast path comes
+//! back by itself.
+//!
+//! Known limit: a producer killed at one precise point of a segment assignment leaks
+//! that segment of capacity (256 KiB of the 4 GiB default).
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -93,6 +98,7 @@ mod joinable;
 mod queue;
 mod ring;
 mod simple;
+mod wait;
 
 pub use error::{GetError, PutError, QueueError};
 pub use fds::MAX_FDS_PER_ITEM;

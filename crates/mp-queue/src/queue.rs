@@ -1,9 +1,9 @@
 //! [`Queue`]: many producers and many consumers in any number of processes.
 use crate::error::{GetError, PutError, QueueError};
 use crate::fds::{FdChannel, SendFail, MAX_FDS_PER_ITEM};
-use crate::ring::{record_size, type_hash, Ring, WaitWord, REC_HDR};
+use crate::ring::{record_size, type_hash, Ring, REC_HDR};
 use mp_core::handles::{decode, encode_into, Handle};
-use mp_core::{futex, Deadline, SharedRegion};
+use mp_core::{Deadline, SharedRegion};
 use mp_sync::{Lock, SyncError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{fence, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,77 +22,11 @@ pub const DEFAULT_CAPACITY: u64 = 4 << 30;
 const DEFAULT_SEGMENT_SHIFT: u32 = 18; // 256 KiB
 /// Bytes of free segments kept mapped for reuse before pages go back to the kernel.
 const DEFAULT_HOT: u64 = 1 << 20;
-/// Spin-loop hints a waiter spends polling before it sleeps (only with more than one
-/// CPU).
-const SPINS: u32 = 4000;
 /// Encode buffers larger than this are not kept for the next put.
 const KEEP_BUFFER: usize = 1 << 20;
 
 thread_local! {
     static BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
-
-fn spin_allowed() -> bool {
-    static MULTI: AtomicU8 = AtomicU8::new(0);
-    match MULTI.load(Ordering::Relaxed) {
-        0 => {
-            let multi = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-            MULTI.store(if multi { 2 } else { 1 }, Ordering::Relaxed);
-            multi
-        }
-        v => v == 2,
-    }
-}
-
-/// Waits until `ready()` or `deadline`: polls a little, then registers in `w` and
-/// sleeps on its futex. Returns the last `ready()`.
-pub(crate) fn wait_until(w: &WaitWord, deadline: Deadline, ready: impl Fn() -> bool) -> bool {
-    if spin_allowed() {
-        // Look less often as the wait goes on: each look pulls the cache line the
-        // other side is writing, and slows it down.
-        let mut pause = 1;
-        let mut spent = 0;
-        while spent < SPINS {
-            if ready() {
-                return true;
-            }
-            for _ in 0..pause {
-                std::hint::spin_loop();
-            }
-            spent += pause;
-            pause = (pause * 2).min(64);
-        }
-    }
-    loop {
-        w.waiters.fetch_add(1, Ordering::SeqCst);
-        let s = w.signal.load(Ordering::SeqCst);
-        if ready() {
-            w.waiters.fetch_sub(1, Ordering::SeqCst);
-            return true;
-        }
-        let in_time = futex::wait(&w.signal, s, deadline);
-        w.waiters.fetch_sub(1, Ordering::SeqCst);
-        if ready() {
-            return true;
-        }
-        if !in_time {
-            return false;
-        }
-    }
-}
-
-/// Wakes one (or every) waiter registered in `w`; no syscall when none is.
-#[inline]
-pub(crate) fn notify(w: &WaitWord, all: bool) {
-    fence(Ordering::SeqCst);
-    if w.waiters.load(Ordering::Relaxed) != 0 {
-        w.signal.fetch_add(1, Ordering::SeqCst);
-        if all {
-            futex::wake_all(&w.signal);
-        } else {
-            futex::wake(&w.signal, 1);
-        }
-    }
 }
 
 /// Encodes `value` as a record: 8 bytes for the header (filled later), then postcard.
@@ -255,7 +189,11 @@ impl Shared {
                 break guard;
             }
             drop(guard);
-            if !block || !wait_until(&h.space, deadline, || ring.closed() || ring.room_for(rec)) {
+            if !block
+                || !h
+                    .space
+                    .wait_until(deadline, || ring.closed() || ring.room_for(rec))
+            {
                 return Err(PutFail::Full);
             }
         };
@@ -294,7 +232,7 @@ impl Shared {
         p.tail.store(tail + rec, Ordering::Release);
         p.committing.store(0, Ordering::Release);
         drop(guard);
-        notify(&h.data, false);
+        h.data.notify(false);
         Ok(())
     }
 
@@ -324,7 +262,7 @@ impl Shared {
             if tail != head {
                 let out = self.take_record(head, tail);
                 drop(guard);
-                notify(&h.space, true);
+                h.space.notify(true);
                 return out;
             }
             drop(guard);
@@ -334,13 +272,16 @@ impl Shared {
             if !block {
                 return Err(GetError::Empty);
             }
-            if !wait_until(&h.data, deadline, || ring.closed() || self.has_item()) {
+            if !h
+                .data
+                .wait_until(deadline, || ring.closed() || self.has_item())
+            {
                 return Err(GetError::Empty);
             }
             if deadline.expired() && self.has_item() {
                 // We may have been the one woken for this item: pass the wake-up on
                 // if the lock is busy and we give up below.
-                notify(&h.data, false);
+                h.data.notify(false);
             }
         }
     }
@@ -408,8 +349,8 @@ impl Shared {
         }
         h.cfg.closed.store(1, Ordering::Release);
         drop(held);
-        notify(&h.data, true);
-        notify(&h.space, true);
+        h.data.notify(true);
+        h.space.notify(true);
     }
 }
 

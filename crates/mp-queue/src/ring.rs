@@ -31,6 +31,7 @@
 //! values, a flag, the stores, the flag cleared), so a holder killed in the middle is
 //! repaired by the next one, which learns of the death from the robust lock.
 use crate::error::QueueError;
+use crate::wait::WaitWord;
 use mp_core::SharedRegion;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -92,14 +93,6 @@ pub(crate) struct ConsumerSide {
     pub(crate) new_get_seq: AtomicU64,
     pub(crate) committing: AtomicU32,
     _pad: AtomicU32,
-}
-
-/// An event count: sleepers register in `waiters` and sleep on `signal`; a notifier
-/// bumps `signal` and wakes only when someone is registered.
-#[repr(C, align(128))]
-pub(crate) struct WaitWord {
-    pub(crate) waiters: AtomicU32,
-    pub(crate) signal: AtomicU32,
 }
 
 /// `JoinableQueue` state: unfinished tasks are `put_seq - done`.
