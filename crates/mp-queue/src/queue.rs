@@ -163,6 +163,31 @@ impl Shared {
         let _ = self.ring.recycle_upto(c.head.load(Ordering::Relaxed));
     }
 
+    /// Publishes a fully written record: journal, then the counters (`put_seq` first,
+    /// so a consumer never takes an item not counted yet: `task_done` relies on it),
+    /// then the tail. A producer killed in between leaves the journal to
+    /// [`repair_producer`](Self::repair_producer).
+    fn commit_put(&self, new_tail: u64, new_seq: u64) {
+        let p = &self.ring.hdr().prod;
+        p.new_tail.store(new_tail, Ordering::Relaxed);
+        p.new_seq.store(new_seq, Ordering::Relaxed);
+        p.committing.store(1, Ordering::Release);
+        p.put_seq.store(new_seq, Ordering::Release);
+        p.tail.store(new_tail, Ordering::Release);
+        p.committing.store(0, Ordering::Release);
+    }
+
+    /// Consumes the record at `head` once it was copied out, the same way.
+    fn commit_get(&self, new_head: u64, new_seq: u64) {
+        let c = &self.ring.hdr().cons;
+        c.new_head.store(new_head, Ordering::Relaxed);
+        c.new_get_seq.store(new_seq, Ordering::Relaxed);
+        c.committing.store(1, Ordering::Release);
+        c.head.store(new_head, Ordering::Release);
+        c.get_seq.store(new_seq, Ordering::Release);
+        c.committing.store(0, Ordering::Release);
+    }
+
     /// Puts one record: `record` is an 8-byte space for the header, then the payload.
     fn put_record(
         &self,
@@ -223,14 +248,7 @@ impl Shared {
         record[..4].copy_from_slice(&(len as u32).to_le_bytes());
         record[4..8].copy_from_slice(&tag.to_le_bytes());
         ring.write(tail, record).map_err(corrupt)?;
-        // Commit: journal, then the counters (put_seq first, so a consumer never takes
-        // an item that is not counted yet: task_done relies on it), then the tail.
-        p.new_tail.store(tail + rec, Ordering::Relaxed);
-        p.new_seq.store(seq + 1, Ordering::Relaxed);
-        p.committing.store(1, Ordering::Release);
-        p.put_seq.store(seq + 1, Ordering::Release);
-        p.tail.store(tail + rec, Ordering::Release);
-        p.committing.store(0, Ordering::Release);
+        self.commit_put(tail + rec, seq + 1);
         drop(guard);
         h.data.notify(false);
         Ok(())
@@ -255,7 +273,7 @@ impl Shared {
             let c = &h.cons;
             let head = c.head.load(Ordering::Relaxed);
             let mut tail = c.cached_tail.load(Ordering::Relaxed);
-            if tail == head {
+            if tail <= head {
                 tail = h.prod.tail.load(Ordering::Acquire);
                 c.cached_tail.store(tail, Ordering::Relaxed);
             }
@@ -323,13 +341,8 @@ impl Shared {
                 .map_err(GetError::Decode)
             }
         };
-        let (new_head, seq) = (head + rec, c.get_seq.load(Ordering::Relaxed) + 1);
-        c.new_head.store(new_head, Ordering::Relaxed);
-        c.new_get_seq.store(seq, Ordering::Relaxed);
-        c.committing.store(1, Ordering::Release);
-        c.head.store(new_head, Ordering::Release);
-        c.get_seq.store(seq, Ordering::Release);
-        c.committing.store(0, Ordering::Release);
+        let new_head = head + rec;
+        self.commit_get(new_head, c.get_seq.load(Ordering::Relaxed) + 1);
         if matched {
             self.fds.discard();
         }
@@ -677,5 +690,132 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             }),
             _t: PhantomData,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The commit protocol, with deaths simulated at each point that matters.
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// Writes a record for `v` beyond the tail without publishing it, as a producer
+    /// killed before its commit leaves it. Returns (tail, record size).
+    fn unpublished<T: Serialize>(q: &Queue<T>, v: &T, tag: u32) -> (u64, u64) {
+        let sh = &*q.shared;
+        let (mut bytes, _) = encode_record(v).unwrap();
+        let len = bytes.len() as u64 - REC_HDR;
+        bytes[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        bytes[4..8].copy_from_slice(&tag.to_le_bytes());
+        let tail = sh.ring.hdr().prod.tail.load(Ordering::Relaxed);
+        let rec = record_size(len);
+        sh.ring.assign(tail, rec).unwrap();
+        sh.ring.write(tail, &bytes).unwrap();
+        (tail, rec)
+    }
+
+    #[test]
+    fn half_written_record_is_overwritten() {
+        let q: Queue<u64> = Queue::new().unwrap();
+        q.put(1).unwrap();
+        unpublished(&q, &u64::MAX, 0);
+        assert_eq!(q.qsize(), 1);
+        q.put(3).unwrap();
+        assert_eq!(q.get_nowait().unwrap(), 1);
+        assert_eq!(q.get_nowait().unwrap(), 3);
+        assert!(q.get_nowait().unwrap_err().is_empty());
+    }
+
+    #[test]
+    fn producer_journal_is_completed() {
+        let q: Queue<u64> = Queue::new().unwrap();
+        q.put(1).unwrap();
+        let (tail, rec) = unpublished(&q, &2, 0);
+        // Killed right after raising the journal flag, before the counters.
+        let p = &q.shared.ring.hdr().prod;
+        p.new_tail.store(tail + rec, Ordering::Relaxed);
+        p.new_seq.store(2, Ordering::Relaxed);
+        p.committing.store(1, Ordering::Release);
+        assert_eq!(q.qsize(), 1);
+        q.shared.repair_producer();
+        assert_eq!(q.qsize(), 2);
+        q.put(3).unwrap();
+        let got: Vec<u64> = (0..3).map(|_| q.get_nowait().unwrap()).collect();
+        assert_eq!(got, [1, 2, 3]);
+    }
+
+    #[test]
+    fn consumer_journal_is_completed() {
+        let q: Queue<u64> = Queue::new().unwrap();
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        let ring = &q.shared.ring;
+        let head = ring.hdr().cons.head.load(Ordering::Relaxed);
+        let (len, _, _) = ring.record_at(head).unwrap();
+        // A consumer that copied item 1 out and was killed inside its commit.
+        let c = &ring.hdr().cons;
+        c.new_head
+            .store(head + record_size(u64::from(len)), Ordering::Relaxed);
+        c.new_get_seq.store(1, Ordering::Relaxed);
+        c.committing.store(1, Ordering::Release);
+        c.head
+            .store(head + record_size(u64::from(len)), Ordering::Release);
+        q.shared.repair_consumer();
+        assert_eq!(q.qsize(), 1);
+        assert_eq!(q.get_nowait().unwrap(), 2);
+        assert!(q.empty());
+    }
+
+    fn inode(f: &std::fs::File) -> u64 {
+        rustix::fs::fstat(f.as_fd()).unwrap().st_ino
+    }
+
+    fn file() -> std::fs::File {
+        let fd = rustix::fs::memfd_create("mpq-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        std::fs::File::from(fd)
+    }
+
+    #[test]
+    fn stale_fd_messages_are_skipped() {
+        let q: Queue<Handle<std::fs::File>> = Queue::new().unwrap();
+        let sh = &*q.shared;
+        let p = &sh.ring.hdr().prod;
+        // A producer killed after sending its fds, before publishing its record.
+        let lost = file();
+        p.fd_tag.store(1, Ordering::Relaxed);
+        let dup: OwnedFd = lost.as_fd().try_clone_to_owned().unwrap();
+        assert!(sh.fds.send(1, &[dup], false, Deadline::NEVER).is_ok());
+        let (f2, f3, f4) = (file(), file(), file());
+        let (i2, i3, i4) = (inode(&f2), inode(&f3), inode(&f4));
+        q.put(Handle(f2)).unwrap();
+        q.put(Handle(f3)).unwrap();
+        q.put(Handle(f4)).unwrap();
+        assert_eq!(inode(&q.get_nowait().unwrap().0), i2);
+        // A consumer killed after committing item 3, before dequeuing its fds.
+        let ring = &sh.ring;
+        let head = ring.hdr().cons.head.load(Ordering::Relaxed);
+        let (len, tag, _) = ring.record_at(head).unwrap();
+        let fds = sh.fds.take(tag).unwrap();
+        assert_eq!(fds.len(), 1);
+        assert_eq!(rustix::fs::fstat(&fds[0]).unwrap().st_ino, i3);
+        sh.commit_get(head + record_size(u64::from(len)), 2);
+        // The next consumer drops the stale message and gets item 4 with its own fd.
+        assert_eq!(inode(&q.get_nowait().unwrap().0), i4);
+        assert!(q.get_nowait().unwrap_err().is_empty());
+    }
+
+    #[test]
+    fn wrong_handle_count_is_an_error_not_a_mixup() {
+        let q: Queue<Handle<std::fs::File>> = Queue::new().unwrap();
+        let sh = &*q.shared;
+        // A record that says it has fds (tag 9) whose message never came.
+        sh.ring.hdr().prod.fd_tag.store(9, Ordering::Relaxed);
+        let (tail, rec) = unpublished(&q, &Handle(file()), 9);
+        sh.commit_put(tail + rec, 1);
+        let f = file();
+        let i = inode(&f);
+        q.put(Handle(f)).unwrap();
+        assert!(matches!(q.get_nowait(), Err(GetError::Decode(_))));
+        assert_eq!(inode(&q.get_nowait().unwrap().0), i);
     }
 }
