@@ -599,6 +599,33 @@ fn consumers_killed_in_a_loop() -> R {
     )
 }
 
+fn killed_sleeping_consumer_does_not_wedge() -> R {
+    let q: Queue<u64> = Queue::new()?;
+    // Consumers that die asleep in get, registered as waiters.
+    for _ in 0..3 {
+        let c = Process::new(get_once, (q.clone(),)).start()?;
+        std::thread::sleep(Duration::from_millis(150));
+        c.kill()?;
+        let mut c = c;
+        let _ = c.join();
+    }
+    // Later consumers are still woken, and the queue still delivers.
+    let mut c = Process::new(get_once, (q.clone(),)).start()?;
+    std::thread::sleep(Duration::from_millis(100));
+    q.put(5)?;
+    ensure(
+        c.join()?.map_err(Failed::from)? == 5,
+        "woken after the kills",
+    )?;
+    for i in 0..1000 {
+        q.put(i)?;
+    }
+    for i in 0..1000 {
+        ensure(q.get_timeout(LONG)? == i, "in order")?;
+    }
+    ensure(q.empty(), "empty")
+}
+
 #[derive(Debug, PartialEq)]
 struct Picky(u32);
 impl Serialize for Picky {
@@ -786,6 +813,10 @@ fn main() {
         ),
         t("producers_killed_in_a_loop", producers_killed_in_a_loop),
         t("consumers_killed_in_a_loop", consumers_killed_in_a_loop),
+        t(
+            "killed_sleeping_consumer_does_not_wedge",
+            killed_sleeping_consumer_does_not_wedge,
+        ),
         t(
             "serialize_failure_is_the_callers",
             serialize_failure_is_the_callers,
