@@ -1,0 +1,672 @@
+//! The parent's side: the scheduler state shared by submitters and the handler thread,
+//! worker start and replacement, and the handler loop that collects results and watches
+//! for dead workers.
+//!
+//! Locking: one mutex guards [`State`]. Submitting threads and the handler both
+//! dispatch under it, writing task batches straight to workers' sockets; only the
+//! handler reads replies, and it never blocks on a worker while holding the lock except
+//! to send one oversized batch to an idle worker (which is reading, so the send ends).
+//! Every other send fits in the socket buffer by construction (see `budget`), so a send
+//! never waits on a worker that is itself waiting for the handler to read its replies.
+//! Sinks and callbacks run with no lock held.
+use crate::result::{lock, ChunkOutcome, Sink};
+use crate::wire::{Encoded, Reply, TaskOut, WorkerMsg};
+use crate::worker::{decode_progress, worker_main, WorkerConfig, MAX_MESSAGE};
+use crate::PoolError;
+use mp_pipe::{Connection, Waitable};
+use mp_process::{Process, RemoteTarget, StartMethod};
+use mp_shm::RawValue;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Each worker is kept busy with about this much queued work, so that it never waits
+/// for the parent between short tasks ...
+const QUEUED_WORK: Duration = Duration::from_millis(1);
+/// ... within these bounds on the tasks handed to it and not yet reported.
+const MIN_DEPTH: usize = 2;
+const MAX_DEPTH: usize = 64;
+/// Socket buffer asked for on each worker's pipe.
+const SNDBUF: usize = 1 << 20;
+/// Kernel bookkeeping per message, counted against the budget.
+const MSG_OVERHEAD: usize = 1024;
+/// Workers that die before they are ready, in a row, before the pool gives up.
+const MAX_FAILED_STARTS: u32 = 3;
+
+/// How the pool was configured.
+pub(crate) struct Config {
+    pub method: StartMethod,
+    pub maxtasks: Option<u64>,
+    pub init: Option<(RemoteTarget, Encoded)>,
+}
+
+/// One unit of work: a chunk of a job.
+pub(crate) struct Task {
+    pub sink: Arc<dyn Sink>,
+    pub index: usize,
+    pub job: u64,
+    pub target: RemoteTarget,
+    pub args: Encoded,
+}
+
+struct InFlight {
+    seq: u64,
+    task: Task,
+    cost: usize,
+    sent_at: Instant,
+}
+
+/// The scheduler's view of one worker.
+struct WorkerSlot {
+    key: u64,
+    pid: i32,
+    name: String,
+    writer: Connection,
+    in_flight: VecDeque<InFlight>,
+    in_flight_bytes: usize,
+    next_seq: u64,
+    sent: u64,
+    ewma_ns: u64,
+    last_reply: Instant,
+    budget: usize,
+    progress: RawValue<AtomicU64>,
+}
+
+impl WorkerSlot {
+    fn depth(&self) -> usize {
+        if self.ewma_ns == 0 {
+            return MIN_DEPTH;
+        }
+        let d = QUEUED_WORK.as_nanos() as u64 / self.ewma_ns.max(1);
+        (d as usize).clamp(MIN_DEPTH, MAX_DEPTH)
+    }
+}
+
+/// The handler thread's side of one worker.
+pub(crate) struct WorkerHandle {
+    key: u64,
+    reader: Connection,
+    process: Process<()>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Status {
+    Running,
+    Closed,
+    Terminated,
+}
+
+pub(crate) type Failures = Vec<(Arc<dyn Sink>, usize, PoolError)>;
+type Deliveries = Vec<(Arc<dyn Sink>, usize, ChunkOutcome)>;
+
+pub(crate) fn deliver_failures(f: Failures) {
+    for (sink, index, e) in f {
+        sink.deliver(index, Err(e));
+    }
+}
+
+fn deliver(d: Deliveries) {
+    for (sink, index, outcome) in d {
+        sink.deliver(index, outcome);
+    }
+}
+
+/// Everything the scheduler knows, under one lock.
+pub(crate) struct State {
+    pub status: Status,
+    queue: VecDeque<Task>,
+    workers: Vec<WorkerSlot>,
+    pub broken: Option<PoolError>,
+    /// Lazy jobs (imap iterators) that may still submit after `close()`.
+    pub open_lazy: usize,
+    failed_starts: u32,
+}
+
+impl State {
+    /// Fails every queued and in-flight task with `e`.
+    fn fail_all(&mut self, e: &PoolError) -> Failures {
+        let mut f: Failures = Vec::new();
+        for t in self.queue.drain(..) {
+            f.push((t.sink, t.index, e.clone()));
+        }
+        for w in &mut self.workers {
+            w.in_flight_bytes = 0;
+            for i in w.in_flight.drain(..) {
+                f.push((i.task.sink, i.task.index, e.clone()));
+            }
+        }
+        f
+    }
+
+    /// Drops the queued tasks of `job` (an abandoned imap).
+    pub fn cancel_job(&mut self, job: u64) {
+        self.queue.retain(|t| t.job != job);
+    }
+
+    /// Hands queued tasks to workers with room for them: one message per worker.
+    fn dispatch(&mut self, maxtasks: Option<u64>) -> Failures {
+        let mut failures = Vec::new();
+        if self.status == Status::Terminated || self.broken.is_some() || self.queue.is_empty() {
+            return failures;
+        }
+        let n = self.workers.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| self.workers[i].in_flight.len());
+        let mut batches: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
+        let mut bytes = vec![0usize; n];
+        let mut fds = vec![0usize; n];
+        let mut progress = true;
+        while progress && !self.queue.is_empty() {
+            progress = false;
+            for &w in &order {
+                let Some(next) = self.queue.front() else {
+                    break;
+                };
+                let slot = &self.workers[w];
+                let pending = slot.in_flight.len() + batches[w].len();
+                if maxtasks.is_some_and(|m| slot.sent + batches[w].len() as u64 >= m) {
+                    continue;
+                }
+                if pending >= slot.depth() {
+                    continue;
+                }
+                let cost = next.args.wire_len();
+                if pending > 0
+                    && slot.in_flight_bytes + bytes[w] + cost + MSG_OVERHEAD > slot.budget
+                {
+                    continue;
+                }
+                let nfds = next.args.fds.len();
+                if !batches[w].is_empty() && fds[w] + nfds > mp_pipe::MAX_FDS_PER_MESSAGE {
+                    continue;
+                }
+                if let Some(t) = self.queue.pop_front() {
+                    bytes[w] += cost;
+                    fds[w] += nfds;
+                    batches[w].push(t);
+                    progress = true;
+                }
+            }
+        }
+        for (w, batch) in batches.into_iter().enumerate() {
+            if !batch.is_empty() {
+                self.send_batch(w, batch, &mut failures);
+            }
+        }
+        failures
+    }
+
+    fn send_batch(&mut self, w: usize, batch: Vec<Task>, failures: &mut Failures) {
+        let slot = &mut self.workers[w];
+        let seq0 = slot.next_seq;
+        let res = {
+            let out: Vec<TaskOut<'_>> = batch
+                .iter()
+                .zip(seq0..)
+                .map(|(t, seq)| TaskOut {
+                    seq,
+                    target: &t.target,
+                    args: &t.args,
+                })
+                .collect();
+            slot.writer.send(&out[..])
+        };
+        match res {
+            Err(mp_pipe::PipeError::Encode { reason, .. }) => {
+                for t in batch {
+                    failures.push((t.sink, t.index, PoolError::Encode(reason.clone())));
+                }
+                return;
+            }
+            Err(e) if !e.is_disconnect() => {
+                // The worker may not have the whole batch: it cannot be trusted any more.
+                // Killing it makes the handler requeue what it never started.
+                tracing::warn!(worker = %slot.name, error = %e, "sending to a pool worker failed; killing it");
+                if let Some(pid) = rustix::process::Pid::from_raw(slot.pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+            // A dead worker: the handler sees it die and requeues what it never started.
+            Err(_) | Ok(()) => {}
+        }
+        let now = Instant::now();
+        let k = batch.len() as u64;
+        for (i, (task, seq)) in batch.into_iter().zip(seq0..).enumerate() {
+            let cost = task.args.wire_len() + if i == 0 { MSG_OVERHEAD } else { 0 };
+            slot.in_flight_bytes += cost;
+            slot.in_flight.push_back(InFlight {
+                seq,
+                task,
+                cost,
+                sent_at: now,
+            });
+        }
+        slot.next_seq += k;
+        slot.sent += k;
+    }
+
+    /// Takes the replies of worker `key` off its in-flight list.
+    fn on_replies(&mut self, key: u64, replies: Vec<Reply>) -> Deliveries {
+        let mut out = Vec::with_capacity(replies.len());
+        let Some(slot) = self.workers.iter_mut().find(|w| w.key == key) else {
+            return out;
+        };
+        let now = Instant::now();
+        let k = replies.len() as u64;
+        if let Some(first) = slot.in_flight.front() {
+            let since = slot.last_reply.max(first.sent_at);
+            let per = (now.saturating_duration_since(since).as_nanos() as u64 / k.max(1)).max(1);
+            slot.ewma_ns = if slot.ewma_ns == 0 {
+                per
+            } else {
+                (slot.ewma_ns * 3 + per) / 4
+            };
+        }
+        slot.last_reply = now;
+        for r in replies {
+            if slot.in_flight.front().map(|f| f.seq) != Some(r.seq()) {
+                continue; // already failed (terminate) or unknown: nothing to deliver
+            }
+            let Some(inf) = slot.in_flight.pop_front() else {
+                continue;
+            };
+            slot.in_flight_bytes = slot.in_flight_bytes.saturating_sub(inf.cost);
+            let outcome = match r {
+                Reply::Done { result, .. } => Ok(result.into_parts()),
+                Reply::Failed { error, .. } => Err(PoolError::Worker(error)),
+            };
+            out.push((inf.task.sink, inf.task.index, outcome));
+        }
+        out
+    }
+
+    /// Forgets a dead worker: the task it was running (and any it finished but had not
+    /// reported) fail with [`PoolError::BrokenWorker`]; those it never started go back
+    /// to the front of the queue. Returns the failures and whether to replace it.
+    fn on_death(&mut self, key: u64, exitcode: Option<i32>) -> (Failures, bool) {
+        let mut f: Failures = Vec::new();
+        let Some(pos) = self.workers.iter().position(|w| w.key == key) else {
+            return (f, false);
+        };
+        let slot = self.workers.remove(pos);
+        let p = slot.progress.load(Ordering::Acquire);
+        let (started, _finished) = decode_progress(p);
+        let broken = PoolError::BrokenWorker {
+            pid: slot.pid,
+            name: slot.name.clone(),
+            exitcode,
+        };
+        let requeue_ok = self.status != Status::Terminated && self.broken.is_none();
+        let mut back = Vec::new();
+        for inf in slot.in_flight {
+            if inf.seq > started && requeue_ok {
+                back.push(inf.task);
+            } else {
+                f.push((inf.task.sink, inf.task.index, broken.clone()));
+            }
+        }
+        for t in back.into_iter().rev() {
+            self.queue.push_front(t);
+        }
+        if p == 0 {
+            self.failed_starts += 1;
+            if self.failed_starts >= MAX_FAILED_STARTS && self.broken.is_none() {
+                let e = PoolError::Start(format!(
+                    "{MAX_FAILED_STARTS} workers in a row died before they were ready (the last: {broken})"
+                ));
+                f.extend(self.fail_all(&e));
+                self.broken = Some(e);
+            }
+        } else {
+            self.failed_starts = 0;
+        }
+        let replace = self.broken.is_none()
+            && match self.status {
+                Status::Running => true,
+                Status::Closed => !self.queue.is_empty() || self.open_lazy > 0,
+                Status::Terminated => false,
+            };
+        (f, replace)
+    }
+
+    /// Whether a closed pool has nothing left to do.
+    fn drained(&self) -> bool {
+        self.queue.is_empty()
+            && self.open_lazy == 0
+            && self.workers.iter().all(|w| w.in_flight.is_empty())
+    }
+
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.workers.iter().map(|w| w.pid).collect()
+    }
+}
+
+/// What the pool's handle, its results and its handler thread share.
+pub(crate) struct Shared {
+    pub state: Mutex<State>,
+    wake: OwnedFd,
+    pub cfg: Config,
+    next_key: AtomicU64,
+    next_job: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(cfg: Config) -> Result<Self, PoolError> {
+        use rustix::event::{eventfd, EventfdFlags};
+        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| PoolError::Io(e.to_string()))?;
+        Ok(Shared {
+            state: Mutex::new(State {
+                status: Status::Running,
+                queue: VecDeque::new(),
+                workers: Vec::new(),
+                broken: None,
+                open_lazy: 0,
+                failed_starts: 0,
+            }),
+            wake,
+            cfg,
+            next_key: AtomicU64::new(1),
+            next_job: AtomicU64::new(1),
+        })
+    }
+
+    pub fn job_id(&self) -> u64 {
+        self.next_job.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Wakes the handler thread (after a change of status).
+    pub fn wake(&self) {
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// Queues tasks and dispatches what the workers have room for. `lazy`: the tasks
+    /// belong to an imap registered before `close()`.
+    pub fn submit(&self, tasks: Vec<Task>, lazy: bool) -> Result<(), PoolError> {
+        let mut st = lock(&self.state);
+        match st.status {
+            Status::Running => {}
+            Status::Closed if lazy => {}
+            _ => return Err(PoolError::NotRunning),
+        }
+        if let Some(e) = &st.broken {
+            return Err(e.clone());
+        }
+        st.queue.extend(tasks);
+        let f = st.dispatch(self.cfg.maxtasks);
+        drop(st);
+        deliver_failures(f);
+        Ok(())
+    }
+
+    /// Starts worker number `number`. `allow_fork_threads`: see the crate docs on fork.
+    pub fn start_worker(
+        &self,
+        number: usize,
+        allow_fork_threads: bool,
+    ) -> Result<(WorkerHandle, WorkerSlotBox), PoolError> {
+        let io = |e: &dyn std::fmt::Display| PoolError::Start(e.to_string());
+        let (mut reader, child_end) = mp_pipe::pipe().map_err(|e| io(&e))?;
+        reader.set_max_message_size(MAX_MESSAGE);
+        let progress = RawValue::new(AtomicU64::new(0)).map_err(|e| io(&e))?;
+        let init = match &self.cfg.init {
+            Some((t, a)) => Some((*t, a.try_clone().map_err(|e| io(&e))?)),
+            None => None,
+        };
+        let wc = WorkerConfig {
+            init,
+            maxtasks: self.cfg.maxtasks,
+            progress: progress.clone(),
+        };
+        let prefix = match self.cfg.method {
+            StartMethod::Spawn => "Spawn",
+            StartMethod::Forkserver => "Forkserver",
+            StartMethod::Fork => "Fork",
+        };
+        let name = format!("{prefix}PoolWorker-{number}");
+        let mut b = Process::new(worker_main, (child_end, wc))
+            .daemon(true)
+            .name(name.clone())
+            .start_method(self.cfg.method);
+        if allow_fork_threads {
+            b = b.allow_fork_with_threads();
+        }
+        let process = b.start().map_err(|e| io(&e))?;
+        // A second Connection on the same socket, for sending: its own buffers, so the
+        // handler reads while submitters write.
+        let writer = mp_core::handles::encode(&reader)
+            .and_then(|(b, f)| mp_core::handles::decode::<Connection>(&b, f))
+            .map_err(|e| io(&e))?;
+        let budget = writer
+            .fd()
+            .ok()
+            .and_then(|fd| {
+                let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, SNDBUF);
+                rustix::net::sockopt::socket_send_buffer_size(fd).ok()
+            })
+            .map_or(64 << 10, |b| (b / 2).clamp(32 << 10, 512 << 10));
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let slot = WorkerSlot {
+            key,
+            pid: process.pid(),
+            name,
+            writer,
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
+            next_seq: 1,
+            sent: 0,
+            ewma_ns: 0,
+            last_reply: Instant::now(),
+            budget,
+            progress,
+        };
+        Ok((
+            WorkerHandle {
+                key,
+                reader,
+                process,
+            },
+            WorkerSlotBox(slot),
+        ))
+    }
+
+    /// Adds a started worker to the scheduler and gives it work.
+    pub fn add_worker(&self, slot: WorkerSlotBox) {
+        let mut st = lock(&self.state);
+        st.workers.push(slot.0);
+        let f = st.dispatch(self.cfg.maxtasks);
+        drop(st);
+        deliver_failures(f);
+    }
+
+    /// Python's `terminate()`, the part that does not wait: fail what is left, tell the
+    /// handler to kill the workers.
+    pub fn terminate(&self) {
+        let mut st = lock(&self.state);
+        let f = if st.status == Status::Terminated {
+            Vec::new()
+        } else {
+            st.status = Status::Terminated;
+            st.fail_all(&PoolError::Terminated)
+        };
+        drop(st);
+        deliver_failures(f);
+        self.wake();
+    }
+}
+
+/// A worker's scheduler slot, on its way into the state.
+pub(crate) struct WorkerSlotBox(WorkerSlot);
+
+/// Kills (or, when `graceful`, waits for) the workers and reaps them.
+fn reap_all(handles: Vec<WorkerHandle>, graceful: bool) {
+    let mut handles = handles;
+    if !graceful {
+        for h in &handles {
+            let _ = h.process.terminate();
+        }
+    }
+    let grace = if graceful {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(2)
+    };
+    for h in &mut handles {
+        if h.process.join_timeout(grace).is_err() && h.process.is_alive() {
+            let _ = h.process.kill();
+            let _ = h.process.join_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
+/// Reaps one worker that is gone (or going): its exit code.
+fn reap(h: &mut WorkerHandle) -> Option<i32> {
+    if matches!(
+        h.process.join_timeout(Duration::from_secs(5)),
+        Err(mp_process::ProcessError::Timeout(_))
+    ) {
+        let _ = h.process.kill();
+        let _ = h.process.join_timeout(Duration::from_secs(10));
+    }
+    h.process.exitcode()
+}
+
+/// Reads what worker `h` has sent; false once it is gone (end of file).
+fn read_worker(shared: &Shared, h: &mut WorkerHandle) -> bool {
+    for _ in 0..64 {
+        match h.reader.recv::<WorkerMsg>() {
+            Ok(WorkerMsg::Replies(v)) => {
+                let mut st = lock(&shared.state);
+                let d = st.on_replies(h.key, v);
+                let f = st.dispatch(shared.cfg.maxtasks);
+                drop(st);
+                deliver(d);
+                deliver_failures(f);
+            }
+            Ok(WorkerMsg::InitFailed { message, location }) => {
+                let mut st = lock(&shared.state);
+                let name = st
+                    .workers
+                    .iter()
+                    .find(|w| w.key == h.key)
+                    .map(|w| w.name.clone())
+                    .unwrap_or_default();
+                let e = PoolError::Initializer {
+                    name,
+                    message,
+                    location,
+                };
+                let f = if st.broken.is_none() {
+                    let f = st.fail_all(&e);
+                    st.broken = Some(e);
+                    f
+                } else {
+                    Vec::new()
+                };
+                drop(st);
+                deliver_failures(f);
+            }
+            Err(_) => return false,
+        }
+        if !matches!(h.reader.poll(Some(Duration::ZERO)), Ok(true)) {
+            return true;
+        }
+    }
+    true
+}
+
+/// The handler thread: collects results, replaces dead workers, and on close or
+/// terminate shuts the workers down.
+pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, mut number: usize) {
+    loop {
+        let shutdown = {
+            let mut st = lock(&shared.state);
+            match st.status {
+                Status::Terminated => Some(false),
+                Status::Closed if st.drained() => {
+                    // Closing our ends tells the workers to exit.
+                    st.workers.clear();
+                    Some(true)
+                }
+                _ => None,
+            }
+        };
+        if let Some(graceful) = shutdown {
+            reap_all(handles, graceful);
+            return;
+        }
+        let n = handles.len();
+        let ready = {
+            let sentinels: Vec<BorrowedFd<'_>> =
+                handles.iter().map(|h| h.process.sentinel()).collect();
+            let mut objs: Vec<&dyn Waitable> = Vec::with_capacity(1 + 2 * n);
+            let wake = shared.wake.as_fd();
+            objs.push(&wake);
+            objs.extend(handles.iter().map(|h| &h.reader as &dyn Waitable));
+            objs.extend(sentinels.iter().map(|s| s as &dyn Waitable));
+            match mp_pipe::wait(&objs, None) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Cannot happen with valid fds; never spin on it.
+                    tracing::error!(error = %e, "pool handler: wait failed; terminating the pool");
+                    shared.terminate();
+                    continue;
+                }
+            }
+        };
+        let mut dead = vec![false; n];
+        for i in ready {
+            if i == 0 {
+                let mut buf = [0u8; 8];
+                let _ = rustix::io::read(&shared.wake, &mut buf);
+            } else if i <= n {
+                if !read_worker(&shared, &mut handles[i - 1]) {
+                    dead[i - 1] = true;
+                }
+            } else if let Some(d) = dead.get_mut(i - 1 - n) {
+                *d = true;
+            }
+        }
+        for i in (0..n).rev() {
+            if !dead[i] {
+                continue;
+            }
+            let mut h = handles.remove(i);
+            // Everything it sent before dying counts.
+            while matches!(h.reader.poll(Some(Duration::ZERO)), Ok(true)) {
+                if !read_worker(&shared, &mut h) {
+                    break;
+                }
+            }
+            let exitcode = reap(&mut h);
+            let (f, replace) = lock(&shared.state).on_death(h.key, exitcode);
+            deliver_failures(f);
+            if replace {
+                number += 1;
+                // Forked from this thread, the only one of the pool's, which holds no
+                // lock at this point: see "fork" in the crate docs.
+                match shared.start_worker(number, true) {
+                    Ok((handle, slot)) => {
+                        shared.add_worker(slot);
+                        handles.push(handle);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not start a replacement pool worker");
+                        let mut st = lock(&shared.state);
+                        let f = if st.workers.is_empty() && st.broken.is_none() {
+                            let f = st.fail_all(&e);
+                            st.broken = Some(e);
+                            f
+                        } else {
+                            Vec::new()
+                        };
+                        drop(st);
+                        deliver_failures(f);
+                    }
+                }
+            }
+        }
+    }
+}

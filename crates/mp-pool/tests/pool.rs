@@ -1,0 +1,822 @@
+//! Pool behaviour with real worker processes, under the start method chosen by
+//! `MULTIPROC_START_METHOD` (the xtask runs this binary once per method; fork with
+//! `--test-threads=1`). Every pool is dropped (terminated) by the end of its test.
+use libtest_mimic::{Arguments, Failed, Trial};
+use mp_pool::{Callbacks, Pool, PoolError};
+use mp_process::{get_start_method, init};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+type R = Result<(), Failed>;
+
+fn ensure(cond: bool, msg: impl std::fmt::Display) -> R {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg.to_string().into())
+    }
+}
+
+/// Generous: a result that should come "promptly" must come within this.
+const PROMPT: Duration = Duration::from_secs(30);
+
+// ---- tasks -------------------------------------------------------------------------
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+fn pid_of(_: u64) -> i32 {
+    std::process::id() as i32
+}
+fn panics_on_3(x: u64) -> u64 {
+    if x == 3 {
+        panic!("bad item {x}");
+    }
+    x + 1
+}
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+fn die_by_sigkill(x: u64) -> u64 {
+    if x == 3 {
+        std::thread::sleep(Duration::from_millis(20));
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        std::thread::sleep(Duration::from_secs(60));
+    }
+    x
+}
+fn die_by_abort(x: u64) -> u64 {
+    if x == 3 {
+        std::process::abort();
+    }
+    x
+}
+fn die_by_segfault(x: u64) -> u64 {
+    if x == 3 {
+        // SAFETY: none: this deliberately crashes the worker with SIGSEGV.
+        unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
+    }
+    x
+}
+fn len_of(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+static INIT_COUNT: AtomicU64 = AtomicU64::new(0);
+static INIT_ARG: AtomicU64 = AtomicU64::new(0);
+fn initializer(arg: u64) {
+    INIT_COUNT.fetch_add(1, Ordering::SeqCst);
+    INIT_ARG.store(arg, Ordering::SeqCst);
+}
+fn init_state(_: u64) -> (i32, u64, u64) {
+    (
+        std::process::id() as i32,
+        INIT_COUNT.load(Ordering::SeqCst),
+        INIT_ARG.load(Ordering::SeqCst),
+    )
+}
+fn bad_initializer() {
+    panic!("initializer says no");
+}
+
+fn locked_add(lock: mp_sync::Lock, value: mp_shm::Value<i64>, n: i64) -> i64 {
+    let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let cur = value.get().unwrap_or(i64::MIN);
+    std::thread::sleep(Duration::from_micros(200));
+    let _ = value.set(cur + n);
+    n
+}
+fn send_on(mut conn: mp_pipe::Connection, x: u64) -> bool {
+    conn.send(&(x * 10)).is_ok()
+}
+
+/// A value whose serialization always fails.
+#[derive(Debug)]
+struct Unserializable;
+impl Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value refuses to travel"))
+    }
+}
+impl<'de> Deserialize<'de> for Unserializable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d).map(|_| Unserializable)
+    }
+}
+fn takes_unserializable(_: Unserializable) -> u8 {
+    1
+}
+
+fn pool(n: usize) -> Result<Pool, PoolError> {
+    Pool::builder().processes(n).build()
+}
+
+fn pid_exists(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+// ---- tests -------------------------------------------------------------------------
+
+fn map_keeps_order_at_every_chunksize() -> R {
+    let p = pool(2)?;
+    let want: Vec<u64> = (0..1000u64).map(square).collect();
+    ensure(p.map(square, 0..1000u64)? == want, "default chunksize")?;
+    for cs in [1, 7, 999, 1000, 5000] {
+        ensure(
+            p.map_with_chunksize(square, 0..1000u64, cs)? == want,
+            format!("chunksize {cs}"),
+        )?;
+    }
+    let big: Vec<u64> = (0..200_000u64).collect();
+    let got = p.map(|x: u64| x.wrapping_mul(3), big.clone())?;
+    ensure(
+        got == big.iter().map(|x| x * 3).collect::<Vec<_>>(),
+        "200k items",
+    )?;
+    ensure(
+        matches!(
+            p.map_with_chunksize(square, 0..3u64, 0),
+            Err(PoolError::ZeroChunksize)
+        ),
+        "chunksize 0 is an error",
+    )
+}
+
+fn bad_configurations_are_errors() -> R {
+    ensure(
+        matches!(Pool::new(0), Err(PoolError::NoProcesses)),
+        "0 processes",
+    )?;
+    ensure(
+        matches!(
+            Pool::builder().processes(1).maxtasksperchild(0).build(),
+            Err(PoolError::ZeroMaxTasks)
+        ),
+        "maxtasksperchild 0",
+    )?;
+    let p = Pool::builder().build()?;
+    ensure(
+        p.processes() == mp_process::cpu_count(),
+        "default is cpu_count",
+    )?;
+    ensure(
+        p.start_method() == get_start_method(),
+        "default start method",
+    )?;
+    ensure(p.worker_pids().len() == p.processes(), "one pid per worker")
+}
+
+fn empty_input_gives_empty_result_at_once() -> R {
+    let p = pool(1)?;
+    ensure(p.map(square, Vec::<u64>::new())?.is_empty(), "map")?;
+    ensure(
+        p.starmap(add, Vec::<(u64, u64)>::new())?.is_empty(),
+        "starmap",
+    )?;
+    let mut r = p.map_async(square, Vec::<u64>::new())?;
+    ensure(r.ready(), "map_async is ready at once")?;
+    ensure(r.get()?.is_empty(), "map_async")?;
+    ensure(p.imap(square, Vec::<u64>::new())?.next().is_none(), "imap")?;
+    let mut un = p.imap_unordered(square, Vec::<u64>::new())?;
+    ensure(un.next().is_none(), "imap_unordered")
+}
+
+fn apply_and_async_result() -> R {
+    let p = pool(2)?;
+    ensure(p.apply(add, (2, 3))? == 5, "apply")?;
+    ensure(p.apply(|| 7u8, ())? == 7, "closure, no args")?;
+    let mut r = p.apply_async(add, (40, 2))?;
+    r.wait();
+    ensure(r.ready(), "ready after wait")?;
+    ensure(r.successful()?, "successful")?;
+    ensure(r.get()? == 42, "get")?;
+    ensure(
+        matches!(r.get(), Err(PoolError::AlreadyTaken)),
+        "second get",
+    )?;
+    ensure(r.successful()?, "still successful after get")?;
+    let mut many: Vec<_> = (0..50u64)
+        .map(|i| p.apply_async(square, (i,)))
+        .collect::<Result<_, _>>()?;
+    for (i, r) in many.iter_mut().enumerate() {
+        ensure(r.get()? == (i as u64).pow(2), "many apply_async")?;
+    }
+    Ok(())
+}
+
+fn starmap_and_starmap_async() -> R {
+    let p = pool(2)?;
+    let args: Vec<(u64, u64)> = (0..100).map(|i| (i, 2 * i)).collect();
+    let want: Vec<u64> = (0..100).map(|i| 3 * i).collect();
+    ensure(p.starmap(add, args.clone())? == want, "starmap")?;
+    ensure(
+        p.starmap_async(add, args.clone())?.get()? == want,
+        "starmap_async",
+    )?;
+    ensure(
+        p.starmap_async_with(add, args, Some(3), Callbacks::new())?
+            .get()?
+            == want,
+        "starmap_async chunksize 3",
+    )?;
+    ensure(
+        p.map_async(square, 0..10u64)?.get()? == (0..10).map(square).collect::<Vec<_>>(),
+        "map_async",
+    )
+}
+
+fn imap_is_ordered_lazy_and_bounded() -> R {
+    let p = pool(2)?;
+    for cs in [1, 3, 50] {
+        let got: Vec<u64> = p
+            .imap_with_chunksize(square, 0..500u64, cs)?
+            .collect::<Result<_, _>>()?;
+        ensure(
+            got == (0..500).map(square).collect::<Vec<_>>(),
+            format!("imap chunksize {cs}"),
+        )?;
+        let mut un: Vec<u64> = p
+            .imap_unordered_with_chunksize(square, 0..500u64, cs)?
+            .collect::<Result<_, _>>()?;
+        un.sort();
+        ensure(
+            un == (0..500).map(square).collect::<Vec<_>>(),
+            format!("imap_unordered {cs}"),
+        )?;
+    }
+    // An endless input: only a bounded prefix is ever read.
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let endless = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    let first: Vec<u64> = p
+        .imap(square, endless)?
+        .take(10)
+        .collect::<Result<_, _>>()?;
+    ensure(
+        first == (0..10).map(square).collect::<Vec<_>>(),
+        "first ten",
+    )?;
+    let n = pulled.load(Ordering::Relaxed);
+    ensure(n < 10_000, format!("read {n} items of an endless input"))?;
+    let first: Vec<u64> = p
+        .imap_unordered(square, 0u64..)?
+        .take(10)
+        .collect::<Result<_, _>>()?;
+    ensure(first.len() == 10, "unordered over an endless input")?;
+    // The pool still serves after abandoned iterators.
+    ensure(p.apply(add, (1, 1))? == 2, "after abandoned imaps")
+}
+
+fn imap_next_timeout() -> R {
+    let p = pool(1)?;
+    let mut it = p.imap(sleep_ms, vec![1500u64, 1])?;
+    ensure(
+        matches!(
+            it.next_timeout(Duration::from_millis(50)),
+            Some(Err(PoolError::Timeout))
+        ),
+        "times out first",
+    )?;
+    ensure(
+        matches!(it.next_timeout(PROMPT), Some(Ok(1500))),
+        "then comes",
+    )?;
+    ensure(matches!(it.next(), Some(Ok(1))), "second")?;
+    ensure(it.next().is_none(), "end")
+}
+
+fn panicking_task_fails_alone() -> R {
+    let p = pool(2)?;
+    let e = p
+        .map_with_chunksize(panics_on_3, 0..20u64, 4)
+        .err()
+        .ok_or("map should fail")?;
+    match &e {
+        PoolError::Panicked { message, location } => {
+            ensure(message == "bad item 3", format!("message {message:?}"))?;
+            ensure(
+                location.as_deref().is_some_and(|l| l.contains("pool.rs")),
+                format!("location {location:?}"),
+            )?;
+        }
+        other => return Err(format!("{other:?}").into()),
+    }
+    let items: Vec<_> = p.imap(panics_on_3, 0..8u64)?.collect();
+    ensure(items.len() == 8, "every item yields")?;
+    for (i, it) in items.iter().enumerate() {
+        match (i, it) {
+            (3, Err(PoolError::Panicked { message, .. })) if message == "bad item 3" => {}
+            (i, Ok(v)) if *v == i as u64 + 1 => {}
+            other => return Err(format!("item {other:?}").into()),
+        }
+    }
+    let mut r = p.apply_async(panics_on_3, (3,))?;
+    ensure(
+        matches!(r.get(), Err(PoolError::Panicked { .. })),
+        "apply_async panics",
+    )?;
+    ensure(!r.successful()?, "not successful")?;
+    ensure(
+        p.map(square, 0..5u64)? == [0, 1, 4, 9, 16],
+        "the pool keeps serving",
+    )
+}
+
+fn killed_worker<F: mp_process::Target<(u64,), Output = u64>>(f: F, signal: i32) -> R {
+    let p = pool(2)?;
+    let before: HashSet<i32> = p.worker_pids().into_iter().collect();
+    let mut r = p.apply_async(f, (3,))?;
+    let t = Instant::now();
+    match r.get_timeout(PROMPT) {
+        Err(PoolError::BrokenWorker {
+            pid,
+            name,
+            exitcode,
+        }) => {
+            ensure(
+                before.contains(&pid),
+                format!("pid {pid} was one of the workers"),
+            )?;
+            ensure(name.contains("PoolWorker-"), format!("name {name}"))?;
+            ensure(exitcode == Some(-signal), format!("exitcode {exitcode:?}"))?;
+        }
+        other => return Err(format!("expected BrokenWorker, got {other:?}").into()),
+    }
+    ensure(t.elapsed() < PROMPT, "promptly")?;
+    // The pool keeps serving, with a replacement worker.
+    ensure(
+        p.map(square, 0..100u64)? == (0..100).map(square).collect::<Vec<_>>(),
+        "map after",
+    )?;
+    let after = p.worker_pids();
+    ensure(after.len() == 2, "two workers again")?;
+    ensure(
+        after.iter().any(|pid| !before.contains(pid)),
+        "a new worker",
+    )?;
+    // A map with one fatal item: that item fails, the others are right or fail with it.
+    let items: Vec<_> = p.imap(f, 0..12u64)?.collect();
+    ensure(items.len() == 12, "every item yields")?;
+    ensure(
+        matches!(items[3], Err(PoolError::BrokenWorker { .. })),
+        format!("item 3: {:?}", items[3]),
+    )?;
+    for (i, it) in items.iter().enumerate() {
+        match it {
+            Ok(v) => ensure(*v == i as u64, "value")?,
+            Err(PoolError::BrokenWorker { .. }) => {}
+            Err(e) => return Err(format!("item {i}: {e}").into()),
+        }
+    }
+    ensure(
+        matches!(p.map(f, 0..6u64), Err(PoolError::BrokenWorker { .. })),
+        "map reports the broken worker",
+    )?;
+    ensure(p.apply(add, (1, 2))? == 3, "still serving")
+}
+
+fn worker_killed_by_sigkill() -> R {
+    killed_worker(die_by_sigkill, 9)
+}
+fn worker_killed_by_abort() -> R {
+    killed_worker(die_by_abort, 6)
+}
+fn worker_killed_by_segfault() -> R {
+    killed_worker(die_by_segfault, 11)
+}
+
+fn tasks_queued_behind_a_dying_task_still_run() -> R {
+    let p = pool(1)?;
+    let mut dying = p.apply_async(die_by_sigkill, (3,))?;
+    let mut rest: Vec<_> = (0..6u64)
+        .map(|i| p.apply_async(add, (i, 100)))
+        .collect::<Result<_, _>>()?;
+    ensure(
+        matches!(
+            dying.get_timeout(PROMPT),
+            Err(PoolError::BrokenWorker { .. })
+        ),
+        "the dying task fails",
+    )?;
+    for (i, r) in rest.iter_mut().enumerate() {
+        ensure(
+            r.get_timeout(PROMPT)? == i as u64 + 100,
+            "queued tasks run on the replacement",
+        )?;
+    }
+    Ok(())
+}
+
+fn maxtasksperchild_replaces_workers() -> R {
+    let p = Pool::builder().processes(2).maxtasksperchild(2).build()?;
+    let before = p.worker_pids();
+    let pids = p.map_with_chunksize(pid_of, 0..20u64, 1)?;
+    ensure(pids.len() == 20, "all results")?;
+    let distinct: HashSet<i32> = pids.iter().copied().collect();
+    ensure(
+        distinct.len() >= 10,
+        format!("{} distinct pids for 20 tasks", distinct.len()),
+    )?;
+    let counts = pids
+        .iter()
+        .fold(std::collections::HashMap::new(), |mut m, p| {
+            *m.entry(*p).or_insert(0) += 1;
+            m
+        });
+    ensure(
+        counts.values().all(|&c| c <= 2),
+        "no worker ran more than 2 tasks",
+    )?;
+    ensure(
+        p.map(square, 0..50u64)? == (0..50).map(square).collect::<Vec<_>>(),
+        "results right",
+    )?;
+    ensure(p.worker_pids() != before, "pids changed")?;
+    // close + join with maxtasksperchild=1 does not hang.
+    let mut p1 = Pool::builder().processes(2).maxtasksperchild(1).build()?;
+    let mut r = p1.map_async_with(square, 0..10u64, Some(1), Callbacks::new())?;
+    p1.close();
+    p1.join()?;
+    ensure(
+        r.get()? == (0..10).map(square).collect::<Vec<_>>(),
+        "maxtasks 1, closed",
+    )
+}
+
+fn initializer_runs_once_per_worker() -> R {
+    let p = Pool::builder()
+        .processes(2)
+        .initializer(initializer, (77u64,))
+        .build()?;
+    let states = p.map_with_chunksize(init_state, 0..40u64, 1)?;
+    for (pid, count, arg) in &states {
+        ensure(
+            *count == 1,
+            format!("worker {pid} ran its initializer {count} times"),
+        )?;
+        ensure(*arg == 77, "initargs arrived")?;
+    }
+    // Replacement workers run it too.
+    let p = Pool::builder()
+        .processes(1)
+        .maxtasksperchild(1)
+        .initializer(initializer, (5u64,))
+        .build()?;
+    let states = p.map_with_chunksize(init_state, 0..4u64, 1)?;
+    ensure(
+        states.iter().all(|s| s.1 == 1 && s.2 == 5),
+        format!("{states:?}"),
+    )
+}
+
+fn failing_initializer_breaks_the_pool() -> R {
+    let p = Pool::builder()
+        .processes(2)
+        .initializer(bad_initializer, ())
+        .build()?;
+    let mut r = p.apply_async(square, (2,))?;
+    match r.get_timeout(PROMPT) {
+        Err(PoolError::Initializer { message, .. }) => {
+            ensure(message.contains("initializer says no"), message)?
+        }
+        other => return Err(format!("{other:?}").into()),
+    }
+    ensure(
+        matches!(p.apply(square, (2,)), Err(PoolError::Initializer { .. })),
+        "later submissions fail too",
+    )
+}
+
+fn shared_lock_and_value_as_arguments() -> R {
+    let p = pool(2)?;
+    let lock = mp_sync::Lock::new()?;
+    let value = mp_shm::Value::<i64>::new(0)?;
+    let args: Vec<_> = (1..=40i64)
+        .map(|i| (lock.clone(), value.clone(), i))
+        .collect();
+    let got = p
+        .starmap_async_with(locked_add, args, Some(1), Callbacks::new())?
+        .get()?;
+    ensure(got == (1..=40).collect::<Vec<i64>>(), "results")?;
+    ensure(
+        value.get()? == (1..=40).sum::<i64>(),
+        format!("value {:?}", value.get()),
+    )
+}
+
+fn connection_as_argument() -> R {
+    let p = pool(2)?;
+    let (mut a, b) = mp_pipe::pipe()?;
+    ensure(p.apply(send_on, (b, 4))?, "sent")?;
+    ensure(a.poll(Some(PROMPT))?, "arrives")?;
+    ensure(a.recv::<u64>()? == 40, "value")
+}
+
+fn close_join_terminate() -> R {
+    let mut p = pool(2)?;
+    ensure(
+        matches!(p.join(), Err(PoolError::StillRunning)),
+        "join while running",
+    )?;
+    let mut r = p.map_async_with(sleep_ms, vec![100u64; 6], Some(1), Callbacks::new())?;
+    p.close();
+    ensure(
+        matches!(p.apply(add, (1, 1)), Err(PoolError::NotRunning)),
+        "apply after close",
+    )?;
+    ensure(
+        matches!(p.map(square, 0..3u64), Err(PoolError::NotRunning)),
+        "map after close",
+    )?;
+    ensure(
+        matches!(p.imap(square, 0..3u64), Err(PoolError::NotRunning)),
+        "imap after close",
+    )?;
+    let pids = p.worker_pids();
+    p.join()?;
+    ensure(r.ready(), "close + join lets the tasks finish")?;
+    ensure(r.get()? == vec![100u64; 6], "their results")?;
+    ensure(pids.iter().all(|&pid| !pid_exists(pid)), "workers exited")?;
+
+    // terminate during a long map_async: prompt, and the result fails.
+    let p = pool(2)?;
+    let mut r = p.map_async_with(sleep_ms, vec![5000u64; 4], Some(1), Callbacks::new())?;
+    std::thread::sleep(Duration::from_millis(100));
+    let pids = p.worker_pids();
+    let t = Instant::now();
+    p.terminate();
+    ensure(
+        t.elapsed() < Duration::from_secs(4),
+        format!("terminate took {:?}", t.elapsed()),
+    )?;
+    ensure(
+        matches!(r.get(), Err(PoolError::Terminated)),
+        "the result fails",
+    )?;
+    ensure(pids.iter().all(|&pid| !pid_exists(pid)), "workers gone")?;
+    ensure(
+        matches!(p.apply(add, (1, 1)), Err(PoolError::NotRunning)),
+        "apply after terminate",
+    )?;
+    let mut p = p;
+    p.join()?;
+
+    // Drop terminates (Python's `with`).
+    let p = pool(2)?;
+    let pids = p.worker_pids();
+    let mut r = p.apply_async(sleep_ms, (5000,))?;
+    drop(p);
+    ensure(
+        matches!(r.get(), Err(PoolError::Terminated)),
+        "dropped pool fails its results",
+    )?;
+    ensure(
+        pids.iter().all(|&pid| !pid_exists(pid)),
+        "workers gone after drop",
+    )
+}
+
+fn unserializable_arguments_are_an_error() -> R {
+    let p = pool(1)?;
+    match p.map(takes_unserializable, vec![Unserializable]) {
+        Err(PoolError::Encode(m)) => ensure(m.contains("refuses to travel"), m)?,
+        other => return Err(format!("{other:?}").into()),
+    }
+    ensure(
+        matches!(
+            p.apply_async(takes_unserializable, (Unserializable,)),
+            Err(PoolError::Encode(_))
+        ),
+        "apply_async",
+    )?;
+    let mut it = p.imap(takes_unserializable, vec![Unserializable])?;
+    ensure(matches!(it.next(), Some(Err(PoolError::Encode(_)))), "imap")?;
+    ensure(it.next().is_none(), "imap ends")?;
+    drop(it);
+    ensure(p.apply(add, (1, 1))? == 2, "the pool stays usable")
+}
+
+#[derive(Debug)]
+struct InputBroke;
+impl std::fmt::Display for InputBroke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the input broke")
+    }
+}
+impl std::error::Error for InputBroke {}
+
+fn failing_input_iterator() -> R {
+    let p = pool(2)?;
+    let input = (0..10u64).map(|i| if i == 5 { Err(InputBroke) } else { Ok(i) });
+    match p.try_map(square, input) {
+        Err(PoolError::Input(e)) => ensure(e.to_string() == "the input broke", e)?,
+        other => return Err(format!("{other:?}").into()),
+    }
+    ensure(
+        p.try_map(square, (0..4u64).map(Ok::<u64, InputBroke>))? == [0, 1, 4, 9],
+        "ok input",
+    )?;
+    for cs in [1, 2, 3] {
+        let input = (0..10u64).map(|i| if i == 5 { Err(InputBroke) } else { Ok(i) });
+        let items: Vec<_> = p.try_imap(square, input, cs)?.collect();
+        ensure(items.len() == 6, format!("chunksize {cs}: {items:?}"))?;
+        for (i, it) in items.iter().take(5).enumerate() {
+            ensure(
+                matches!(it, Ok(v) if *v == (i as u64).pow(2)),
+                format!("item {i}"),
+            )?;
+        }
+        ensure(
+            matches!(items[5], Err(PoolError::Input(_))),
+            "then the error",
+        )?;
+        let input = (0..10u64).map(|i| if i == 5 { Err(InputBroke) } else { Ok(i) });
+        let items: Vec<_> = p.try_imap_unordered(square, input, cs)?.collect();
+        ensure(
+            items.len() == 6 && items.iter().filter(|i| i.is_ok()).count() == 5,
+            "unordered",
+        )?;
+        ensure(
+            matches!(items[5], Err(PoolError::Input(_))),
+            "unordered: the error last",
+        )?;
+    }
+    ensure(
+        p.map(square, 0..3u64)? == [0, 1, 4],
+        "the pool stays usable",
+    )
+}
+
+fn get_timeout_and_readiness() -> R {
+    let p = pool(1)?;
+    let mut r = p.apply_async(sleep_ms, (1000,))?;
+    ensure(
+        matches!(
+            r.get_timeout(Duration::from_millis(50)),
+            Err(PoolError::Timeout)
+        ),
+        "timeout",
+    )?;
+    ensure(!r.ready(), "not ready")?;
+    ensure(
+        matches!(r.successful(), Err(PoolError::NotReady)),
+        "successful before ready",
+    )?;
+    ensure(!r.wait_timeout(Duration::from_millis(10)), "wait_timeout")?;
+    ensure(r.wait_timeout(PROMPT), "ready later")?;
+    ensure(
+        r.get_timeout(Duration::ZERO)? == 1000,
+        "value after the timeout",
+    )
+}
+
+fn callbacks_run_before_get_returns() -> R {
+    let p = pool(2)?;
+    let (tx, rx) = mpsc::channel();
+    let flag = Arc::new(AtomicBool::new(false));
+    let f2 = flag.clone();
+    let tx2 = tx.clone();
+    let mut r = p.apply_async_with(
+        add,
+        (20, 22),
+        Callbacks::new().on_success(move |v: &u64| {
+            f2.store(true, Ordering::SeqCst);
+            let _ = tx2.send(format!("ok {v}"));
+        }),
+    )?;
+    ensure(r.get()? == 42, "value")?;
+    ensure(
+        flag.load(Ordering::SeqCst),
+        "callback ran before get returned",
+    )?;
+    ensure(rx.recv_timeout(PROMPT)? == "ok 42", "callback value")?;
+    let tx3 = tx.clone();
+    let mut r = p.apply_async_with(
+        panics_on_3,
+        (3,),
+        Callbacks::new()
+            .on_success(|_: &u64| panic!("not this one"))
+            .on_error(move |e| {
+                let _ = tx3.send(format!("err {e}"));
+            }),
+    )?;
+    ensure(r.get().is_err(), "fails")?;
+    let m = rx.recv_timeout(PROMPT)?;
+    ensure(m.starts_with("err") && m.contains("bad item 3"), m)?;
+    let tx4 = tx.clone();
+    let mut r = p.map_async_with(
+        square,
+        0..5u64,
+        None,
+        Callbacks::new().on_success(move |v: &Vec<u64>| {
+            let _ = tx4.send(format!("map {v:?}"));
+        }),
+    )?;
+    ensure(r.get()? == [0, 1, 4, 9, 16], "map value")?;
+    ensure(
+        rx.recv_timeout(PROMPT)? == "map [0, 1, 4, 9, 16]",
+        "map callback gets the whole list",
+    )?;
+    // A panicking callback does not break the pool.
+    let mut r = p.apply_async_with(
+        add,
+        (1, 1),
+        Callbacks::new().on_success(|_: &u64| panic!("callback bug")),
+    )?;
+    ensure(r.get()? == 2, "value despite the callback's panic")?;
+    ensure(p.apply(add, (2, 2))? == 4, "pool fine")
+}
+
+fn big_arguments_and_results() -> R {
+    let p = pool(2)?;
+    let items: Vec<Vec<u8>> = (0..6).map(|i| vec![i as u8; (3 << 20) + i]).collect();
+    let lens = p.map_with_chunksize(len_of, items, 1)?;
+    ensure(
+        lens == (0..6).map(|i| (3 << 20) + i).collect::<Vec<_>>(),
+        "lens",
+    )?;
+    let big = p.apply(|n: usize| vec![7u8; n], (5 << 20,))?;
+    ensure(
+        big.len() == 5 << 20 && big.iter().all(|&b| b == 7),
+        "big result",
+    )
+}
+
+fn main() {
+    init();
+    let args = Arguments::from_args();
+    let method = get_start_method();
+    let t = |name: &str, f: fn() -> R| Trial::test(format!("{method}::{name}"), f);
+    let tests = vec![
+        t(
+            "map_keeps_order_at_every_chunksize",
+            map_keeps_order_at_every_chunksize,
+        ),
+        t(
+            "bad_configurations_are_errors",
+            bad_configurations_are_errors,
+        ),
+        t(
+            "empty_input_gives_empty_result_at_once",
+            empty_input_gives_empty_result_at_once,
+        ),
+        t("apply_and_async_result", apply_and_async_result),
+        t("starmap_and_starmap_async", starmap_and_starmap_async),
+        t(
+            "imap_is_ordered_lazy_and_bounded",
+            imap_is_ordered_lazy_and_bounded,
+        ),
+        t("imap_next_timeout", imap_next_timeout),
+        t("panicking_task_fails_alone", panicking_task_fails_alone),
+        t("worker_killed_by_sigkill", worker_killed_by_sigkill),
+        t("worker_killed_by_abort", worker_killed_by_abort),
+        t("worker_killed_by_segfault", worker_killed_by_segfault),
+        t(
+            "tasks_queued_behind_a_dying_task_still_run",
+            tasks_queued_behind_a_dying_task_still_run,
+        ),
+        t(
+            "maxtasksperchild_replaces_workers",
+            maxtasksperchild_replaces_workers,
+        ),
+        t(
+            "initializer_runs_once_per_worker",
+            initializer_runs_once_per_worker,
+        ),
+        t(
+            "failing_initializer_breaks_the_pool",
+            failing_initializer_breaks_the_pool,
+        ),
+        t(
+            "shared_lock_and_value_as_arguments",
+            shared_lock_and_value_as_arguments,
+        ),
+        t("connection_as_argument", connection_as_argument),
+        t("close_join_terminate", close_join_terminate),
+        t(
+            "unserializable_arguments_are_an_error",
+            unserializable_arguments_are_an_error,
+        ),
+        t("failing_input_iterator", failing_input_iterator),
+        t("get_timeout_and_readiness", get_timeout_and_readiness),
+        t(
+            "callbacks_run_before_get_returns",
+            callbacks_run_before_get_returns,
+        ),
+        t("big_arguments_and_results", big_arguments_and_results),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
