@@ -5,7 +5,10 @@
 use serde_json::{json, Value};
 use std::time::Instant;
 
+mod ipc;
+mod pools;
 mod process;
+mod queues;
 
 /// Options shared by every workload.
 pub struct Opts {
@@ -78,7 +81,13 @@ fn env_line(opts: &Opts) {
 type Workload = (&'static str, fn(&Opts));
 
 fn workloads() -> Vec<Workload> {
-    process::WORKLOADS.to_vec()
+    [
+        process::WORKLOADS,
+        ipc::WORKLOADS,
+        queues::WORKLOADS,
+        pools::WORKLOADS,
+    ]
+    .concat()
 }
 
 fn main() {
@@ -128,15 +137,37 @@ fn main() {
     }
 }
 
-fn pin_to(cpu: usize) {
+/// The CPUs this process may run on.
+pub fn affinity() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by sched_getaffinity with
+    // exactly size_of::<cpu_set_t>() bytes; CPU_ISSET reads inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Restricts this process (and the children it starts afterwards) to `cpus`.
+pub fn set_affinity(cpus: &[usize]) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it, and
     // sched_setaffinity reads exactly size_of::<cpu_set_t>() bytes of it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            eprintln!("mp-bench: could not pin to CPU {cpu}");
-            std::process::exit(2);
+            eprintln!("mp-bench: could not set the CPU affinity to {cpus:?}");
         }
     }
+}
+
+/// Pins this process (and the children it starts afterwards) to one CPU.
+pub fn pin_to(cpu: usize) {
+    set_affinity(&[cpu]);
 }

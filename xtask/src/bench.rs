@@ -23,6 +23,7 @@ pub const LIMITS: &[(&str, &str)] = &[
     ("semaphore_uncontended", "limit_std_mutex"),
     ("event_pingpong", "limit_futex_pingpong"),
     ("pool_map_cpu", "limit_rayon_map"),
+    ("pool_apply_async_latency", "limit_socketpair_roundtrip"),
     ("array_sum_shared", "limit_rayon_sum"),
 ];
 

@@ -13,6 +13,10 @@
 //!   [`Barrier`] ([`sync`]): in shared memory, robust when a holder dies.
 //! - [`Value`], [`Array`], [`SharedMemory`] ([`shm`]): shared memory, with a lock or
 //!   lock-free, and named segments that never leak.
+//! - [`Queue`], [`SimpleQueue`], [`JoinableQueue`] ([`queue`]): many producers and
+//!   consumers in any number of processes, with no system call per message.
+//! - [`Pool`] ([`pool`]): `map`, `imap`, `starmap`, `apply_async` over worker
+//!   processes; a worker that dies fails its task, never hangs the pool.
 //! - [`core`] ([`mp_core`]): errors, the Python-compatible frame codec, fd transfer,
 //!   futex and shared-memory regions, shared by every crate.
 //!
@@ -35,7 +39,11 @@ pub use mp_core as core;
 #[doc(inline)]
 pub use mp_pipe as pipe;
 #[doc(inline)]
+pub use mp_pool as pool;
+#[doc(inline)]
 pub use mp_process as process;
+#[doc(inline)]
+pub use mp_queue as queue;
 #[doc(inline)]
 pub use mp_shm as shm;
 #[doc(inline)]
@@ -43,11 +51,13 @@ pub use mp_sync as sync;
 
 pub use mp_core::Handle;
 pub use mp_pipe::{connect, pipe, pipe_oneway, wait, Client, Connection, Listener, PipeError};
+pub use mp_pool::{AsyncResult, Pool, PoolError};
 pub use mp_process::{
     active_children, cpu_count, current_process, get_all_start_methods, get_context,
     get_start_method, init, parent_process, set_start_method, Context, ExitStatus, Process,
     ProcessError, StartMethod,
 };
+pub use mp_queue::{JoinableQueue, Queue, SimpleQueue};
 pub use mp_shm::{shared_struct, Array, RawArray, RawValue, SharedMemory, ShmError, Value};
 pub use mp_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore, SyncError};
 /// `#[multiproc::main]`: calls [`init`] as the first statement of `main`.
