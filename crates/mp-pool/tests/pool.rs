@@ -3,7 +3,7 @@
 //! `--test-threads=1`). Every pool is dropped (terminated) by the end of its test.
 use libtest_mimic::{Arguments, Failed, Trial};
 use mp_pool::{Callbacks, Pool, PoolError};
-use mp_process::{get_start_method, init};
+use mp_process::{get_start_method, init, StartMethod};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -445,7 +445,8 @@ fn maxtasksperchild_replaces_workers() -> R {
         "results right",
     )?;
     ensure(p.worker_pids() != before, "pids changed")?;
-    // close + join with maxtasksperchild=1 does not hang.
+    drop(p); // under fork, a second pool needs a single-threaded parent
+             // close + join with maxtasksperchild=1 does not hang.
     let mut p1 = Pool::builder().processes(2).maxtasksperchild(1).build()?;
     let mut r = p1.map_async_with(square, 0..10u64, Some(1), Callbacks::new())?;
     p1.close();
@@ -469,6 +470,7 @@ fn initializer_runs_once_per_worker() -> R {
         )?;
         ensure(*arg == 77, "initargs arrived")?;
     }
+    drop(p);
     // Replacement workers run it too.
     let p = Pool::builder()
         .processes(1)
@@ -755,12 +757,35 @@ fn big_arguments_and_results() -> R {
     )
 }
 
+fn fork_from_a_threaded_parent_needs_opt_in() -> R {
+    let first = Pool::builder()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .build()?;
+    // `first`'s handler thread makes this process multi-threaded.
+    match Pool::builder()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .build()
+    {
+        Err(PoolError::Start(m)) => ensure(m.contains("refusing to fork"), m)?,
+        other => return Err(format!("{other:?}").into()),
+    }
+    let second = Pool::builder()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .allow_fork_with_threads()
+        .build()?;
+    ensure(second.apply(add, (1, 2))? == 3, "opted in")?;
+    ensure(first.apply(add, (2, 2))? == 4, "the first still serves")
+}
+
 fn main() {
     init();
     let args = Arguments::from_args();
     let method = get_start_method();
     let t = |name: &str, f: fn() -> R| Trial::test(format!("{method}::{name}"), f);
-    let tests = vec![
+    let mut tests = vec![
         t(
             "map_keeps_order_at_every_chunksize",
             map_keeps_order_at_every_chunksize,
@@ -818,5 +843,11 @@ fn main() {
         ),
         t("big_arguments_and_results", big_arguments_and_results),
     ];
+    if method == StartMethod::Fork {
+        tests.push(t(
+            "fork_from_a_threaded_parent_needs_opt_in",
+            fork_from_a_threaded_parent_needs_opt_in,
+        ));
+    }
     libtest_mimic::run(&args, tests).exit();
 }
