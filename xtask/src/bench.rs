@@ -176,7 +176,7 @@ pub fn bench(args: &[String]) -> ExitCode {
     }
 }
 
-fn fmt_num(v: f64) -> String {
+pub fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
         "-".into()
     } else if v.abs() >= 1e6 {
@@ -230,10 +230,16 @@ pub fn rows(results: &[Value]) -> Vec<Row> {
             .find(|c| c["impl"] == "cpython" && key(c) == key(r))
             .and_then(|c| c["value"].as_f64());
         let speedup = cpython.map(|c| if lower { c / value } else { value / c });
-        let pinned = &r["params"]["pinned_cpu"];
+        // A limit is measured in the same conditions: pinned with pinned, unpinned with
+        // unpinned (missing keys compare equal to missing keys).
+        let same_pinning = |x: &Value| {
+            ["pinned", "pinned_cpu"]
+                .iter()
+                .all(|k| x["params"][*k] == r["params"][*k])
+        };
         let limit = LIMITS.iter().find(|(b, _)| *b == bench).and_then(|(_, l)| {
             rust.iter()
-                .find(|x| x["bench"] == *l && &x["params"]["pinned_cpu"] == pinned)
+                .find(|x| x["bench"] == *l && same_pinning(x))
                 .and_then(|x| x["value"].as_f64())
                 .map(|v| (l.to_string(), v))
         });

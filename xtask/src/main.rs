@@ -5,12 +5,14 @@
 //!   example; a table of pass and fail per crate and start method; fails if any cell does.
 //! - `bench [--quick] [--json FILE] [--pin CPU]`: the benchmark suite beside CPython and
 //!   the limits (see bench.rs).
+//! - `report [--from FILE] [--quick]`: benches/REPORT.md and benches/report.svg.
 //! - `showcase`: runs the seed programs and the tour.
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod bench;
+mod report;
 
 const METHODS: [&str; 3] = ["spawn", "forkserver", "fork"];
 
@@ -343,6 +345,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench::bench(&args[1..]),
         Some("showcase") => showcase(),
+        Some("report") => report::report(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask test | bench [--quick] [--json FILE] [--pin CPU] | showcase"

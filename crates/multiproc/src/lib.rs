@@ -67,7 +67,8 @@ pub use multiproc_macros::main;
 pub mod prelude {
     pub use crate::{
         active_children, cpu_count, current_process, get_context, parent_process, pipe, wait,
-        Array, Barrier, BoundedSemaphore, Condition, Connection, Event, Handle, Lock, Process,
-        ProcessError, RLock, Semaphore, SharedMemory, StartMethod, Value,
+        Array, Barrier, BoundedSemaphore, Condition, Connection, Event, Handle, JoinableQueue,
+        Lock, Pool, Process, ProcessError, Queue, RLock, Semaphore, SharedMemory, SimpleQueue,
+        StartMethod, Value,
     };
 }
