@@ -85,6 +85,16 @@ fn markdown(env: &Value, results: &[Value], date: &str) -> String {
     s
 }
 
+/// One panel of the chart: a log-scale axis from `lo` to `hi`.
+struct Panel {
+    title: &'static str,
+    x0: f64,
+    lo: f64,
+    hi: f64,
+    color: &'static str,
+    ticks: &'static [f64],
+}
+
 /// Two panels of horizontal bars on a log scale: speedup over CPython, and the cost as
 /// a multiple of the limit.
 fn svg(results: &[Value]) -> String {
@@ -139,11 +149,17 @@ fn svg(results: &[Value]) -> String {
             left - 8.0,
             y + 12.0
         );
-        for ((_, x0, lo, hi, color, _), v) in panels.iter().zip([r.speedup, r.vs_limit]) {
+        for (
+            &Panel {
+                x0, lo, hi, color, ..
+            },
+            v,
+        ) in panels.iter().zip([r.speedup, r.vs_limit])
+        {
             let Some(v) = v.filter(|v| v.is_finite() && *v > 0.0) else {
                 continue;
             };
-            let clamped = v.clamp(*lo, *hi);
+            let clamped = v.clamp(lo, hi);
             let bar = panel_w * (clamped / lo).ln() / (hi / lo).ln();
             let _ = writeln!(s, "<rect x=\"{x0:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"/>", y + 2.0, bar.max(1.0), row_h - 5.0);
             let _ = writeln!(
