@@ -106,25 +106,33 @@ fn svg(results: &[Value]) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    let panels: [(&str, f64, f64, f64, &str, &[f64]); 2] = [
-        (
-            "speedup over CPython (higher is better)",
-            left,
-            0.5,
-            1000.0,
-            "#2a7ab9",
-            &[0.5, 1.0, 10.0, 100.0, 1000.0],
-        ),
-        (
-            "cost / limit (1x = at the limit)",
-            left + panel_w + gap,
-            0.5,
-            20.0,
-            "#d9822b",
-            &[0.5, 1.0, 2.0, 5.0, 10.0, 20.0],
-        ),
+    let panels = [
+        Panel {
+            title: "speedup over CPython (higher is better)",
+            x0: left,
+            lo: 0.5,
+            hi: 1000.0,
+            color: "#2a7ab9",
+            ticks: &[0.5, 1.0, 10.0, 100.0, 1000.0],
+        },
+        Panel {
+            title: "cost / limit (1x = at the limit)",
+            x0: left + panel_w + gap,
+            lo: 0.5,
+            hi: 20.0,
+            color: "#d9822b",
+            ticks: &[0.5, 1.0, 2.0, 5.0, 10.0, 20.0],
+        },
     ];
-    for (title, x0, lo, hi, _, ticks) in panels {
+    for &Panel {
+        title,
+        x0,
+        lo,
+        hi,
+        ticks,
+        ..
+    } in &panels
+    {
         let _ = writeln!(
             s,
             "<text x=\"{x0}\" y=\"16\" font-weight=\"bold\">{title}</text>"
