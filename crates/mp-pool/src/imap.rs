@@ -1,16 +1,14 @@
 //! `imap` and `imap_unordered`: lazy iterators that read their input as results are
 //! consumed, with a bounded number of items in flight.
 use crate::handler::{Shared, Task};
-use crate::result::{decode_chunk, lock, ChunkOutcome, Sink};
-use crate::wire::{Encoded, TaskFailure};
+use crate::result::{decode_chunk, lock, Chunk, ChunkOutcome, Sink};
+use crate::wire::Encoded;
 use crate::PoolError;
 use mp_process::RemoteTarget;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-
-type Chunk<R> = Result<Vec<Result<R, TaskFailure>>, PoolError>;
 
 /// Pulls and encodes the next chunk of input: the chunk (if any), and an error that ends
 /// the input.

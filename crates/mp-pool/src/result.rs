@@ -7,6 +7,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// One chunk's decoded results, or the failure of the whole chunk.
+pub(crate) type Chunk<R> = Result<Vec<Result<R, TaskFailure>>, PoolError>;
+
 /// What the handler hands a job for one of its chunks: the encoded
 /// `Vec<Result<R, TaskFailure>>`, or a failure of the whole chunk.
 pub(crate) type ChunkOutcome = Result<(Vec<u8>, Vec<OwnedFd>), PoolError>;
@@ -17,10 +20,7 @@ pub(crate) trait Sink: Send + Sync {
 }
 
 /// Decodes one chunk's results, checking it has the expected number of items.
-pub(crate) fn decode_chunk<R: DeserializeOwned>(
-    outcome: ChunkOutcome,
-    len: usize,
-) -> Result<Vec<Result<R, TaskFailure>>, PoolError> {
+pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: ChunkOutcome, len: usize) -> Chunk<R> {
     let (bytes, fds) = outcome?;
     let v: Vec<Result<R, TaskFailure>> =
         mp_core::handles::decode(&bytes, fds).map_err(|e| PoolError::Decode(e.to_string()))?;
@@ -251,7 +251,7 @@ pub(crate) fn complete<T>(cell: &ResultCell<T>, cb: Option<Callbacks<T>>, r: Res
 type Finish<R, T> = fn(Vec<R>) -> Result<T, PoolError>;
 
 struct Gather<R> {
-    chunks: Vec<Option<Result<Vec<Result<R, TaskFailure>>, PoolError>>>,
+    chunks: Vec<Option<Chunk<R>>>,
     remaining: usize,
 }
 

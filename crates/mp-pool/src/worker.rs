@@ -187,14 +187,12 @@ pub(crate) fn worker_main(mut conn: Connection, cfg: WorkerConfig) {
                 }
             }
         }
-        if queue.is_empty()
+        let due = queue.is_empty()
             || out_bytes >= FLUSH_BYTES
             || out.len() >= FLUSH_COUNT
-            || out_since.elapsed() >= FLUSH_AFTER
-        {
-            if !flush(&mut conn, &mut out, &mut out_bytes) {
-                return;
-            }
+            || out_since.elapsed() >= FLUSH_AFTER;
+        if due && !flush(&mut conn, &mut out, &mut out_bytes) {
+            return;
         }
     }
 }
