@@ -95,7 +95,8 @@ fn run(sock: &OwnedFd) -> i32 {
         );
         return EXIT_BOOTSTRAP;
     }
-    match ExeId::current() {
+    // A forked child inherits its parent's answer; a spawned one reads it once.
+    match ExeId::cached() {
         Ok(id) if id == boot.exe => {}
         _ => {
             report(

@@ -294,6 +294,8 @@ pub(crate) fn forget_server() {
 /// server's parent (CLONE_PARENT), so the parent waits for it with its own pidfd.
 /// Exits when the parent closes the control socket. Never returns.
 pub(crate) fn serve(control: OwnedFd) -> ! {
+    // Read once here, so every child forked below inherits it instead of asking again.
+    let _ = crate::wire::ExeId::cached();
     loop {
         let (_, mut fds) = match recv_frame(control.as_fd(), 64) {
             Ok(r) => r,
