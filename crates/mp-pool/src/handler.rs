@@ -9,7 +9,7 @@
 //! Every other send fits in the socket buffer by construction (see `budget`), so a send
 //! never waits on a worker that is itself waiting for the handler to read its replies.
 //! Sinks and callbacks run with no lock held.
-use crate::result::{lock, ChunkOutcome, Sink};
+use crate::result::{lock, may_spin, ChunkOutcome, Sink};
 use crate::wire::{Encoded, Reply, TaskOut, WorkerMsg};
 use crate::worker::{decode_progress, worker_main, WorkerConfig, MAX_MESSAGE};
 use crate::PoolError;
@@ -32,6 +32,8 @@ const MAX_DEPTH: usize = 64;
 const SNDBUF: usize = 1 << 20;
 /// Kernel bookkeeping per message, counted against the budget.
 const MSG_OVERHEAD: usize = 1024;
+/// How long the handler polls for a due reply before it sleeps (only with a free CPU).
+const HANDLER_SPIN: Duration = Duration::from_micros(50);
 /// Workers that die before they are ready, in a row, before the pool gives up.
 const MAX_FAILED_STARTS: u32 = 3;
 
@@ -533,9 +535,10 @@ fn reap(h: &mut WorkerHandle) -> Option<i32> {
     h.process.exitcode()
 }
 
-/// Reads what worker `h` has sent; false once it is gone (end of file).
+/// Reads one message from worker `h`; false once it is gone (end of file). More
+/// messages, buffered or not, are seen by the next `wait`.
 fn read_worker(shared: &Shared, h: &mut WorkerHandle) -> bool {
-    for _ in 0..64 {
+    {
         match h.reader.recv::<WorkerMsg>() {
             Ok(WorkerMsg::Replies(v)) => {
                 let mut st = lock(&shared.state);
@@ -570,9 +573,6 @@ fn read_worker(shared: &Shared, h: &mut WorkerHandle) -> bool {
             }
             Err(_) => return false,
         }
-        if !matches!(h.reader.poll(Some(Duration::ZERO)), Ok(true)) {
-            return true;
-        }
     }
     true
 }
@@ -598,6 +598,11 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
             return;
         }
         let n = handles.len();
+        let expecting = may_spin()
+            && lock(&shared.state)
+                .workers
+                .iter()
+                .any(|w| !w.in_flight.is_empty());
         let ready = {
             let sentinels: Vec<BorrowedFd<'_>> =
                 handles.iter().map(|h| h.process.sentinel()).collect();
@@ -606,7 +611,23 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
             objs.push(&wake);
             objs.extend(handles.iter().map(|h| &h.reader as &dyn Waitable));
             objs.extend(sentinels.iter().map(|s| s as &dyn Waitable));
-            match mp_pipe::wait(&objs, None) {
+            // A reply due soon is polled for a little while before sleeping: waking a
+            // sleeping thread on an idle vCPU costs more than a short task.
+            let mut found = None;
+            if expecting {
+                let start = Instant::now();
+                while start.elapsed() < HANDLER_SPIN {
+                    match mp_pipe::wait(&objs, Some(Duration::ZERO)) {
+                        Ok(r) if r.is_empty() => std::hint::spin_loop(),
+                        Ok(r) => {
+                            found = Some(r);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            match found.map_or_else(|| mp_pipe::wait(&objs, None), Ok) {
                 Ok(r) => r,
                 Err(e) => {
                     // Cannot happen with valid fds; never spin on it.

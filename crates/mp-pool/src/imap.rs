@@ -38,9 +38,7 @@ impl<R: DeserializeOwned + Send> Sink for LazySink<R> {
         } else {
             r.lens.remove(&index);
             match chunk {
-                Ok(items) => r
-                    .items
-                    .extend(items.into_iter().map(|i| i.map_err(PoolError::from))),
+                Ok(chunk) => r.items.extend(chunk.into_items()),
                 Err(e) => r.items.extend((0..len).map(|_| Err(e.clone()))),
             }
         }
@@ -204,10 +202,7 @@ impl<'p, R: DeserializeOwned + Send + 'static> Lazy<'p, R> {
             drop(r);
             self.want_chunk += 1;
             let items: Vec<Result<R, PoolError>> = match chunk {
-                Ok(items) => items
-                    .into_iter()
-                    .map(|i| i.map_err(PoolError::from))
-                    .collect(),
+                Ok(chunk) => chunk.into_items(),
                 Err(e) => {
                     let n = if len == 0 { 1 } else { len };
                     (0..n).map(|_| Err(e.clone())).collect()

@@ -253,27 +253,35 @@ impl Pool {
             complete(&cell, callbacks, finish(Vec::new()));
             return Ok(AsyncResult::new(cell));
         }
-        let mut chunks = Vec::with_capacity(items.len().div_ceil(cs));
-        let mut lens = Vec::with_capacity(chunks.capacity());
-        for c in items.chunks(cs) {
-            chunks.push(encode(c)?);
-            lens.push(c.len());
-        }
-        drop(items);
+        let lens: Vec<usize> = items.chunks(cs).map(<[X]>::len).collect();
         let sink: Arc<dyn Sink> = Arc::new(CollectSink::new(lens, cell.clone(), callbacks, finish));
         let job = self.shared.job_id();
-        let tasks = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(index, args)| Task {
-                sink: sink.clone(),
-                index,
-                job,
-                target,
-                args,
-            })
-            .collect();
-        self.shared.submit(tasks, false)?;
+        // Chunks are submitted as they are encoded (the first ones one by one), so the
+        // workers start while the rest of the input is being encoded.
+        let eager = 2 * self.processes;
+        let mut batch = Vec::new();
+        let n = items.len().div_ceil(cs);
+        for (index, c) in items.chunks(cs).enumerate() {
+            let submitted = encode(c).and_then(|args| {
+                batch.push(Task {
+                    sink: sink.clone(),
+                    index,
+                    job,
+                    target,
+                    args,
+                });
+                if index < eager || batch.len() >= 16 || index + 1 == n {
+                    self.shared.submit(std::mem::take(&mut batch), false)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = submitted {
+                // Nothing is returned for a job that failed to submit: drop what waits.
+                lock(&self.shared.state).cancel_job(job);
+                return Err(e);
+            }
+        }
         Ok(AsyncResult::new(cell))
     }
 

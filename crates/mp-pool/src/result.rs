@@ -1,14 +1,15 @@
 //! [`AsyncResult`], the callbacks, and the sink that gathers a job's chunks.
-use crate::wire::TaskFailure;
+use crate::wire::ChunkResult;
 use crate::PoolError;
 use serde::de::DeserializeOwned;
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// One chunk's decoded results, or the failure of the whole chunk.
-pub(crate) type Chunk<R> = Result<Vec<Result<R, TaskFailure>>, PoolError>;
+pub(crate) type Chunk<R> = Result<ChunkResult<R>, PoolError>;
 
 /// What the handler hands a job for one of its chunks: the encoded
 /// `Vec<Result<R, TaskFailure>>`, or a failure of the whole chunk.
@@ -22,7 +23,7 @@ pub(crate) trait Sink: Send + Sync {
 /// Decodes one chunk's results, checking it has the expected number of items.
 pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: ChunkOutcome, len: usize) -> Chunk<R> {
     let (bytes, fds) = outcome?;
-    let v: Vec<Result<R, TaskFailure>> =
+    let v: ChunkResult<R> =
         mp_core::handles::decode(&bytes, fds).map_err(|e| PoolError::Decode(e.to_string()))?;
     if v.len() != len {
         return Err(PoolError::Decode(format!(
@@ -47,6 +48,18 @@ enum Slot<T> {
 pub(crate) struct ResultCell<T> {
     slot: Mutex<Slot<T>>,
     cv: Condvar,
+    ready: AtomicBool,
+}
+
+/// A reader spins this long for a result before it sleeps, when another CPU is free to
+/// produce it: a sleeping thread costs a wake-up (tens of us on an idle vCPU), which is
+/// most of a short task's round trip.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// Whether spinning can pay: another CPU is there to do the work waited for.
+pub(crate) fn may_spin() -> bool {
+    static MULTI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MULTI.get_or_init(|| mp_process::cpu_count() > 1)
 }
 
 impl<T> ResultCell<T> {
@@ -54,6 +67,7 @@ impl<T> ResultCell<T> {
         Arc::new(ResultCell {
             slot: Mutex::new(Slot::Pending),
             cv: Condvar::new(),
+            ready: AtomicBool::new(false),
         })
     }
 
@@ -62,6 +76,7 @@ impl<T> ResultCell<T> {
         if matches!(*s, Slot::Pending) {
             *s = Slot::Ready(r);
         }
+        self.ready.store(true, Ordering::Release);
         drop(s);
         self.cv.notify_all();
     }
@@ -69,6 +84,18 @@ impl<T> ResultCell<T> {
     /// Waits until ready (or `timeout`); returns the guard and whether it is ready.
     fn wait(&self, timeout: Option<Duration>) -> (MutexGuard<'_, Slot<T>>, bool) {
         let deadline = mp_core::Deadline::after(timeout);
+        if !self.ready.load(Ordering::Acquire) && may_spin() {
+            let limit = timeout.map_or(SPIN, |t| t.min(SPIN));
+            let start = std::time::Instant::now();
+            'spin: while start.elapsed() < limit {
+                for _ in 0..64 {
+                    if self.ready.load(Ordering::Acquire) {
+                        break 'spin;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+        }
         let mut s = lock(&self.slot);
         loop {
             if !matches!(*s, Slot::Pending) {
@@ -312,16 +339,11 @@ where
         let mut first_err = None;
         for c in chunks {
             match c {
-                Some(Ok(items)) => {
-                    for it in items {
-                        match it {
-                            Ok(v) if first_err.is_none() => values.push(v),
-                            Ok(_) => {}
-                            Err(f) => {
-                                if first_err.is_none() {
-                                    first_err = Some(PoolError::from(f));
-                                }
-                            }
+                Some(Ok(chunk)) => {
+                    if first_err.is_none() {
+                        match chunk.failures.into_iter().next() {
+                            Some((_, f)) => first_err = Some(PoolError::from(f)),
+                            None => values.extend(chunk.values),
                         }
                     }
                 }

@@ -153,6 +153,40 @@ impl From<TaskFailure> for crate::PoolError {
     }
 }
 
+/// The results of one chunk, as the worker encodes them: the values of the items that
+/// succeeded, in order, and the failures with their positions in the chunk. A chunk
+/// with no failure decodes straight into the `Vec<R>` a map returns.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ChunkResult<R> {
+    pub values: Vec<R>,
+    pub failures: Vec<(u32, TaskFailure)>,
+}
+
+impl<R> ChunkResult<R> {
+    pub fn len(&self) -> usize {
+        self.values.len() + self.failures.len()
+    }
+
+    /// One result per item, in order.
+    pub fn into_items(self) -> Vec<Result<R, crate::PoolError>> {
+        let n = self.len();
+        let mut out = Vec::with_capacity(n);
+        let mut values = self.values.into_iter();
+        let mut failures = self.failures.into_iter().peekable();
+        for i in 0..n {
+            match failures.next_if(|(j, _)| *j as usize == i) {
+                Some((_, f)) => out.push(Err(f.into())),
+                None => {
+                    if let Some(v) = values.next() {
+                        out.push(Ok(v));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Serializes a slice of items as a sequence of one-element tuples, so that `map(f,
 /// items)` runs the same worker code as `starmap(f, [(item,) ...])` without copying the
 /// items into tuples first.

@@ -1,6 +1,6 @@
 //! The worker side: the loop each worker process runs, and the chunk function that
 //! runs one task's items with a panic caught per item.
-use crate::wire::{Encoded, Reply, TaskFailure, TaskIn, WorkerMsg};
+use crate::wire::{ChunkResult, Encoded, Reply, TaskFailure, TaskIn, WorkerMsg};
 use crate::PoolError;
 use mp_pipe::Connection;
 use mp_process::{ProcessError, RemoteTarget, Target};
@@ -103,14 +103,25 @@ where
 {
     // Captures only `f`, which is zero-sized: this closure is zero-sized too, so it
     // names code, as a RemoteTarget requires.
-    let chunk = move |items: Vec<A>| -> Vec<Result<F::Output, TaskFailure>> {
-        items.into_iter().map(|a| run_one(f, a)).collect()
+    let chunk = move |items: Vec<A>| -> ChunkResult<F::Output> {
+        let mut values = Vec::with_capacity(items.len());
+        let mut failures = Vec::new();
+        for (i, a) in items.into_iter().enumerate() {
+            match run_one(f, a) {
+                Ok(v) => values.push(v),
+                Err(e) => failures.push((i as u32, e)),
+            }
+        }
+        ChunkResult { values, failures }
     };
     RemoteTarget::of::<_, (Vec<A>,)>(chunk).map_err(|e| PoolError::Start(e.to_string()))
 }
 
 /// The worker loop: run tasks in the order received, reply in batches, exit at end of
 /// file (the pool closed its end) or after `maxtasks` tasks.
+///
+/// Replies to the tasks of one received batch are sent together (but never held past
+/// `FLUSH_AFTER`); once the batch is done they go at once, before waiting for more.
 pub(crate) fn worker_main(mut conn: Connection, cfg: WorkerConfig) {
     install_task_hook();
     conn.set_max_message_size(MAX_MESSAGE);
@@ -177,15 +188,6 @@ pub(crate) fn worker_main(mut conn: Connection, cfg: WorkerConfig) {
         if cfg.maxtasks.is_some_and(|m| done >= m) {
             flush(&mut conn, &mut out, &mut out_bytes);
             return;
-        }
-        if queue.is_empty() && matches!(conn.poll(Some(Duration::ZERO)), Ok(true)) {
-            match conn.recv::<Vec<TaskIn>>() {
-                Ok(v) => queue.extend(v),
-                Err(_) => {
-                    flush(&mut conn, &mut out, &mut out_bytes);
-                    return;
-                }
-            }
         }
         let due = queue.is_empty()
             || out_bytes >= FLUSH_BYTES
