@@ -25,11 +25,21 @@ fn main() -> anyhow::Result<()> {
         println!("\nFinal results from pool.map: {results:?}");
     } // dropping the pool terminates it, as leaving Python's `with` block
 
-    let pool = Pool::new(3)?;
-    println!("{:?}", pool.map(square, [1, 2, 3, 4, 5])?); // [1, 4, 9, 16, 25]
-    let pool = Pool::builder().build()?;
-    println!("{:?}", pool.map(square, vec![1, 2, 3, 4, 5])?);
-    let pool = Pool::new(5)?;
-    println!("{:?}", pool.map(square, 0..10)?);
+    // Each pool lives in its own block, as each of the seeds' `with Pool(...)` blocks:
+    // a pool is dropped (terminated) before the next one starts. (Under the fork start
+    // method that matters: a live pool's handler thread makes this process
+    // multi-threaded, and forking a multi-threaded process needs an explicit opt-in.)
+    {
+        let pool = Pool::new(3)?;
+        println!("{:?}", pool.map(square, [1, 2, 3, 4, 5])?); // [1, 4, 9, 16, 25]
+    }
+    {
+        let pool = Pool::builder().build()?;
+        println!("{:?}", pool.map(square, vec![1, 2, 3, 4, 5])?);
+    }
+    {
+        let pool = Pool::new(5)?;
+        println!("{:?}", pool.map(square, 0..10)?);
+    }
     Ok(())
 }

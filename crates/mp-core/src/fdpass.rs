@@ -84,22 +84,42 @@ fn wait_writable(sock: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// How [`recv_some`] waits when nothing has arrived yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Do not wait: `WouldBlock`.
+    Never,
+    /// Sleep until something arrives.
+    Block,
+    /// Poll for up to [`crate::spin::SPIN`] when another CPU may run the peer, then
+    /// sleep: for a peer that is expected to answer soon.
+    SpinThenBlock,
+}
+
 /// Receives some bytes into `buf` (0 means end of file), appending any fds that came
-/// with them to `fds` (received with `O_CLOEXEC`). `nonblocking` returns `WouldBlock`
-/// instead of waiting.
+/// with them to `fds` (received with `O_CLOEXEC`). Works on blocking and non-blocking
+/// sockets alike; `wait` says what to do while nothing is there.
 pub fn recv_some(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-    nonblocking: bool,
+    fds: &mut impl Extend<OwnedFd>,
+    wait: Wait,
 ) -> io::Result<usize> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SEND))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let mut flags = RecvFlags::CMSG_CLOEXEC;
-    if nonblocking {
-        flags |= RecvFlags::DONTWAIT;
-    }
+    // Non-blocking attempts while polling; the spin deadline is set at the first miss.
+    let mut polling = match wait {
+        Wait::Never => true,
+        Wait::Block => false,
+        Wait::SpinThenBlock => crate::spin::may_spin(),
+    };
+    let mut spin_until: Option<std::time::Instant> = None;
     loop {
+        let flags = if polling {
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
+        } else {
+            RecvFlags::CMSG_CLOEXEC
+        };
         let mut iov = [IoSliceMut::new(buf)];
         match recvmsg(sock, &mut iov, &mut control, flags) {
             Ok(msg) => {
@@ -115,7 +135,29 @@ pub fn recv_some(
                 }
                 return Ok(msg.bytes);
             }
-            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) if wait == Wait::Never => {
+                return Err(io::ErrorKind::WouldBlock.into())
+            }
+            Err(rustix::io::Errno::AGAIN) if polling => {
+                let now = std::time::Instant::now();
+                if now < *spin_until.get_or_insert(now + crate::spin::SPIN) {
+                    std::hint::spin_loop();
+                } else {
+                    polling = false;
+                }
+            }
+            // A non-blocking socket with nothing to read: sleep in poll.
+            Err(rustix::io::Errno::AGAIN) => {
+                let mut p = [rustix::event::PollFd::new(
+                    &sock,
+                    rustix::event::PollFlags::IN,
+                )];
+                match rustix::event::poll(&mut p, None) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -140,21 +182,7 @@ impl<'a> FdReader<'a> {
 
 impl Read for FdReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match recv_some(self.sock, buf, &mut self.fds, false) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let mut p = [rustix::event::PollFd::new(
-                        &self.sock,
-                        rustix::event::PollFlags::IN,
-                    )];
-                    match rustix::event::poll(&mut p, None) {
-                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                r => return r,
-            }
-        }
+        recv_some(self.sock, buf, &mut self.fds, Wait::Block)
     }
 }
 

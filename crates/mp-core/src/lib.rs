@@ -9,6 +9,7 @@
 //!   rebuilds the handles.
 //! - [`fdpass`]: sending bytes plus fds over a Unix socket (SCM_RIGHTS).
 //! - [`futex`] and [`Deadline`]: process-shared futex waits on `CLOCK_MONOTONIC`.
+//! - [`spin`]: when a waiter may poll before it sleeps (bounded, never on one CPU).
 //! - [`SharedRegion`]: anonymous shared memory (memfd) that travels as an fd and leaves
 //!   nothing in `/dev/shm`.
 //!
@@ -29,6 +30,7 @@ pub mod futex;
 pub mod handles;
 mod probe;
 mod region;
+pub mod spin;
 
 pub use deadline::Deadline;
 pub use error::{Error, Result};

@@ -707,75 +707,10 @@ fn send_error(e: io::Error) -> PipeError {
     }
 }
 
-/// How long a receiver polls before it sleeps: waking a sleeping process on an idle
-/// CPU costs tens of microseconds on a VM, more than a whole round trip between two
-/// busy CPUs, so a reply that comes within this long is caught without sleeping.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
-
-/// Whether spinning can pay: only when this process may run on more than one CPU (with
-/// one, the spinner would take the CPU its peer needs to answer).
-/// The answer is cached per thread and asked again every 256 calls, so a change of
-/// affinity is seen soon while a receive costs no extra system call.
-fn may_spin() -> bool {
-    thread_local!(static CACHE: std::cell::Cell<(bool, u32)> = const { std::cell::Cell::new((false, 0)) });
-    CACHE.with(|c| match c.get() {
-        (_, 0) => {
-            let v = rustix::thread::sched_getaffinity(None).is_ok_and(|set| set.count() > 1);
-            c.set((v, 255));
-            v
-        }
-        (v, n) => {
-            c.set((v, n - 1));
-            v
-        }
-    })
-}
-
-/// One `recvmsg` into `buf`, collecting fds. When nothing is there yet it polls for up
-/// to [`SPIN`] (if another CPU may be running the peer), then blocks.
+/// One receive into `buf`, collecting fds: a peer is expected to answer soon, so it
+/// polls briefly before it sleeps (see `mp_core::spin`).
 fn recv_some(fd: BorrowedFd<'_>, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
-    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
-    let mut space = [MaybeUninit::<u8>::uninit();
-        rustix::cmsg_space!(ScmRights(mp_core::fdpass::MAX_FDS_PER_SEND))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    // Polling (non-blocking attempts) while spinning may pay and the deadline, set at
-    // the first empty attempt, has not passed; then blocking.
-    let mut polling = may_spin();
-    let mut spin_until: Option<std::time::Instant> = None;
-    loop {
-        let flags = if polling {
-            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
-        } else {
-            RecvFlags::CMSG_CLOEXEC
-        };
-        let mut iov = [io::IoSliceMut::new(buf)];
-        match recvmsg(fd, &mut iov, &mut control, flags) {
-            Ok(msg) => {
-                for m in control.drain() {
-                    if let RecvAncillaryMessage::ScmRights(it) = m {
-                        fds.extend(it);
-                    }
-                }
-                if msg.flags.contains(ReturnFlags::CTRUNC) {
-                    return Err(io::Error::other(
-                        "received fds were truncated (out of fds?)",
-                    ));
-                }
-                return Ok(msg.bytes);
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::AGAIN) if polling => {
-                let now = std::time::Instant::now();
-                if now < *spin_until.get_or_insert(now + SPIN) {
-                    std::hint::spin_loop();
-                } else {
-                    polling = false;
-                }
-            }
-            Err(rustix::io::Errno::AGAIN) => wait_readable(fd)?,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    mp_core::fdpass::recv_some(fd, buf, fds, mp_core::fdpass::Wait::SpinThenBlock)
 }
 
 fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {

@@ -9,10 +9,11 @@
 //! Every other send fits in the socket buffer by construction (see `budget`), so a send
 //! never waits on a worker that is itself waiting for the handler to read its replies.
 //! Sinks and callbacks run with no lock held.
-use crate::result::{lock, may_spin, ChunkOutcome, Sink};
+use crate::result::{lock, ChunkOutcome, Sink};
 use crate::wire::{Encoded, Reply, TaskOut, WorkerMsg};
 use crate::worker::{decode_progress, worker_main, WorkerConfig, MAX_MESSAGE};
 use crate::PoolError;
+use mp_core::spin::may_spin;
 use mp_pipe::{Connection, Waitable};
 use mp_process::{Process, RemoteTarget, StartMethod};
 use mp_shm::RawValue;
@@ -32,8 +33,6 @@ const MAX_DEPTH: usize = 64;
 const SNDBUF: usize = 1 << 20;
 /// Kernel bookkeeping per message, counted against the budget.
 const MSG_OVERHEAD: usize = 1024;
-/// How long the handler polls for a due reply before it sleeps (only with a free CPU).
-const HANDLER_SPIN: Duration = Duration::from_micros(50);
 /// Workers that die before they are ready, in a row, before the pool gives up.
 const MAX_FAILED_STARTS: u32 = 3;
 
@@ -616,7 +615,7 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
             let mut found = None;
             if expecting {
                 let start = Instant::now();
-                while start.elapsed() < HANDLER_SPIN {
+                while start.elapsed() < mp_core::spin::SPIN {
                     match mp_pipe::wait(&objs, Some(Duration::ZERO)) {
                         Ok(r) if r.is_empty() => std::hint::spin_loop(),
                         Ok(r) => {

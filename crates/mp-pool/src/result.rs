@@ -1,6 +1,7 @@
 //! [`AsyncResult`], the callbacks, and the sink that gathers a job's chunks.
 use crate::wire::ChunkResult;
 use crate::PoolError;
+use mp_core::spin::{may_spin, SPIN};
 use serde::de::DeserializeOwned;
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -49,17 +50,6 @@ pub(crate) struct ResultCell<T> {
     slot: Mutex<Slot<T>>,
     cv: Condvar,
     ready: AtomicBool,
-}
-
-/// A reader spins this long for a result before it sleeps, when another CPU is free to
-/// produce it: a sleeping thread costs a wake-up (tens of us on an idle vCPU), which is
-/// most of a short task's round trip.
-const SPIN: Duration = Duration::from_micros(50);
-
-/// Whether spinning can pay: another CPU is there to do the work waited for.
-pub(crate) fn may_spin() -> bool {
-    static MULTI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *MULTI.get_or_init(|| mp_process::cpu_count() > 1)
 }
 
 impl<T> ResultCell<T> {

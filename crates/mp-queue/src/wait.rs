@@ -13,7 +13,7 @@
 //! can miss a wake-up through a reset, and then only until its slice ends.
 use mp_core::{futex, Deadline};
 use rustix::time::{clock_gettime, ClockId};
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The longest a sleeper sleeps before it registers again.
@@ -33,18 +33,6 @@ pub(crate) struct WaitWord {
     missed_since: AtomicU64,
 }
 
-fn spin_allowed() -> bool {
-    static MULTI: AtomicU8 = AtomicU8::new(0);
-    match MULTI.load(Ordering::Relaxed) {
-        0 => {
-            let multi = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-            MULTI.store(if multi { 2 } else { 1 }, Ordering::Relaxed);
-            multi
-        }
-        v => v == 2,
-    }
-}
-
 fn now_ms() -> u64 {
     let t = clock_gettime(ClockId::Monotonic);
     (t.tv_sec as u64).saturating_mul(1000) + t.tv_nsec as u64 / 1_000_000 + 1
@@ -62,7 +50,7 @@ impl WaitWord {
     /// Waits until `ready()` or `deadline`: polls a little, then sleeps. Returns the
     /// last `ready()`.
     pub(crate) fn wait_until(&self, deadline: Deadline, ready: impl Fn() -> bool) -> bool {
-        if spin_allowed() {
+        if mp_core::spin::may_spin() {
             // Look less often as the wait goes on: each look pulls the cache line the
             // other side is writing, and slows it down.
             let (mut pause, mut spent) = (1, 0);

@@ -13,7 +13,7 @@
 //! acquirer takes over, and it is told ([`Acquired::OwnerDied`]).
 use crate::ident::{is_alive, ID_MASK, WAITERS};
 use mp_core::{futex, Deadline};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The longest a sleeper sleeps before it checks the holder's liveness.
@@ -40,20 +40,6 @@ pub(crate) struct RawLock {
     word: AtomicU64,
     seq: AtomicU32,
     _pad: AtomicU32,
-}
-
-fn spin_allowed() -> bool {
-    static MULTI: AtomicU8 = AtomicU8::new(0);
-    match MULTI.load(Ordering::Relaxed) {
-        0 => {
-            let multi = std::thread::available_parallelism()
-                .map(|n| n.get() > 1)
-                .unwrap_or(false);
-            MULTI.store(if multi { 2 } else { 1 }, Ordering::Relaxed);
-            multi
-        }
-        v => v == 2,
-    }
 }
 
 /// How long a "still alive" answer about a holder is trusted by the thread that got it,
@@ -114,7 +100,7 @@ impl RawLock {
 
     #[cold]
     fn acquire_slow(&self, me: u64, block: bool, deadline: Deadline) -> Acquired {
-        if block && spin_allowed() {
+        if block && mp_core::spin::may_spin() {
             for _ in 0..SPINS {
                 let cur = self.word.load(Ordering::Relaxed);
                 if cur == 0 {
