@@ -61,7 +61,14 @@ pub(crate) fn child_main(sock: OwnedFd) -> ! {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     drop(sock);
-    std::process::exit(code)
+    // As Python's children do (`os._exit` after flushing): the atexit handlers of a
+    // forked child are its parent's, and are not the child's to run.
+    // SAFETY: fflush(NULL) flushes C stdio; _exit ends the process at once, after our
+    // own cleanup above, running no handler and no destructor.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+        libc::_exit(code)
+    }
 }
 
 fn report(sock: &OwnedFd, outcome: &Outcome, fds: &[OwnedFd]) {
