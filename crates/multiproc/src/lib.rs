@@ -72,3 +72,8 @@ pub mod prelude {
         StartMethod, Value,
     };
 }
+
+/// The README's Rust examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExamples;
