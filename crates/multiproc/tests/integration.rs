@@ -81,6 +81,31 @@ fn pool_tasks_update_shared_state() -> R {
     ensure(g == 20_100, format!("guarded {g}"))
 }
 
+// ---- a Queue as a pool task's argument ----------------------------------------------------
+
+fn put_square(q: Queue<(u64, u64)>, x: u64) -> Result<(), String> {
+    q.put((x, x * x)).map_err(|e| e.to_string())
+}
+
+fn pool_tasks_put_into_a_queue() -> R {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(get_start_method())
+        .build()?;
+    let q = Queue::<(u64, u64)>::new()?;
+    let done = pool.starmap(put_square, (0..100u64).map(|x| (q.clone(), x)))?;
+    ensure(done.iter().all(Result::is_ok), "every task put its item")?;
+    let mut got: Vec<(u64, u64)> = (0..100)
+        .filter_map(|_| q.get_timeout(Duration::from_secs(30)).ok())
+        .collect();
+    got.sort();
+    ensure(
+        got == (0..100u64).map(|x| (x, x * x)).collect::<Vec<_>>(),
+        "all 100 squares, once each",
+    )?;
+    ensure(q.empty(), "nothing more")
+}
+
 // ---- a process tree three levels deep ---------------------------------------------------
 
 fn level(depth: u32, go: Event, q: Queue<String>) -> Result<(), String> {
@@ -214,6 +239,7 @@ fn main() {
             "pool_tasks_update_shared_state",
             pool_tasks_update_shared_state,
         ),
+        t("pool_tasks_put_into_a_queue", pool_tasks_put_into_a_queue),
         t(
             "three_level_tree_with_event_and_queue",
             three_level_tree_with_event_and_queue,
