@@ -123,6 +123,9 @@ pub fn recv_some(
         let mut iov = [IoSliceMut::new(buf)];
         match recvmsg(sock, &mut iov, &mut control, flags) {
             Ok(msg) => {
+                if spin_until.is_some() {
+                    crate::spin::spun(true);
+                }
                 for m in control.drain() {
                     if let RecvAncillaryMessage::ScmRights(it) = m {
                         fds.extend(it);
@@ -144,7 +147,9 @@ pub fn recv_some(
                 if now < *spin_until.get_or_insert(now + crate::spin::SPIN) {
                     std::hint::spin_loop();
                 } else {
+                    crate::spin::spun(false);
                     polling = false;
+                    spin_until = None;
                 }
             }
             // A non-blocking socket with nothing to read: sleep in poll.

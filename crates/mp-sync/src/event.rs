@@ -83,6 +83,21 @@ impl Event {
     /// the flag, as Python does.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         let deadline = Deadline::after(timeout);
+        // A setter on another CPU is often only microseconds away: poll briefly before
+        // sleeping (see `mp_core::spin`), which also spares the setter a futex wake.
+        if self.state().load(Ordering::Acquire) != SET && mp_core::spin::may_spin() {
+            let limit = timeout.map_or(mp_core::spin::SPIN, |t| t.min(mp_core::spin::SPIN));
+            let start = std::time::Instant::now();
+            let mut tries = 0u32;
+            while self.state().load(Ordering::Acquire) != SET {
+                std::hint::spin_loop();
+                tries = tries.wrapping_add(1);
+                if tries % 64 == 0 && start.elapsed() >= limit {
+                    break;
+                }
+            }
+            mp_core::spin::spun(self.state().load(Ordering::Acquire) == SET);
+        }
         loop {
             let s = self.state().load(Ordering::Acquire);
             if s == SET {
