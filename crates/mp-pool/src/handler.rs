@@ -332,6 +332,22 @@ impl State {
         (f, replace)
     }
 
+    /// What the handler does next, decided under the lock: shut down (gracefully or
+    /// not), or wait, expecting a reply or not.
+    fn next_step(&mut self) -> Step {
+        match self.status {
+            Status::Terminated => Step::Shutdown { graceful: false },
+            Status::Closed if self.drained() => {
+                // Closing our ends tells the workers to exit.
+                self.workers.clear();
+                Step::Shutdown { graceful: true }
+            }
+            _ => Step::Wait {
+                expecting: self.workers.iter().any(|w| !w.in_flight.is_empty()),
+            },
+        }
+    }
+
     /// Whether a closed pool has nothing left to do.
     fn drained(&self) -> bool {
         self.queue.is_empty()
@@ -342,6 +358,13 @@ impl State {
     pub fn worker_pids(&self) -> Vec<i32> {
         self.workers.iter().map(|w| w.pid).collect()
     }
+}
+
+/// The handler's next move (see [`State::next_step`]).
+#[derive(Clone, Copy)]
+enum Step {
+    Shutdown { graceful: bool },
+    Wait { expecting: bool },
 }
 
 /// What the pool's handle, its results and its handler thread share.
@@ -534,74 +557,78 @@ fn reap(h: &mut WorkerHandle) -> Option<i32> {
     h.process.exitcode()
 }
 
-/// Reads one message from worker `h`; false once it is gone (end of file). More
-/// messages, buffered or not, are seen by the next `wait`.
-fn read_worker(shared: &Shared, h: &mut WorkerHandle) -> bool {
-    {
-        match h.reader.recv::<WorkerMsg>() {
-            Ok(WorkerMsg::Replies(v)) => {
-                let mut st = lock(&shared.state);
-                let d = st.on_replies(h.key, v);
-                let f = st.dispatch(shared.cfg.maxtasks);
-                drop(st);
-                deliver(d);
-                deliver_failures(f);
-            }
-            Ok(WorkerMsg::InitFailed { message, location }) => {
-                let mut st = lock(&shared.state);
-                let name = st
-                    .workers
-                    .iter()
-                    .find(|w| w.key == h.key)
-                    .map(|w| w.name.clone())
-                    .unwrap_or_default();
-                let e = PoolError::Initializer {
-                    name,
-                    message,
-                    location,
-                };
-                let f = if st.broken.is_none() {
-                    let f = st.fail_all(&e);
-                    st.broken = Some(e);
-                    f
-                } else {
-                    Vec::new()
-                };
-                drop(st);
-                deliver_failures(f);
-            }
-            Err(_) => return false,
+/// What reading a worker gave.
+enum Read {
+    /// End of file: the worker is gone.
+    Gone,
+    /// A message was handled; with the handler's next step when it was decided under
+    /// the same lock (replies), so the loop need not take the lock again.
+    Handled(Option<Step>),
+}
+
+/// Reads one message from worker `h`. More messages, buffered or not, are seen by the
+/// next `wait`.
+fn read_worker(shared: &Shared, h: &mut WorkerHandle) -> Read {
+    match h.reader.recv::<WorkerMsg>() {
+        Ok(WorkerMsg::Replies(v)) => {
+            let mut st = lock(&shared.state);
+            let d = st.on_replies(h.key, v);
+            let f = st.dispatch(shared.cfg.maxtasks);
+            let step = st.next_step();
+            drop(st);
+            // Results last: a reader woken here may take this CPU at once.
+            deliver_failures(f);
+            deliver(d);
+            Read::Handled(Some(step))
         }
+        Ok(WorkerMsg::InitFailed { message, location }) => {
+            let mut st = lock(&shared.state);
+            let name = st
+                .workers
+                .iter()
+                .find(|w| w.key == h.key)
+                .map(|w| w.name.clone())
+                .unwrap_or_default();
+            let e = PoolError::Initializer {
+                name,
+                message,
+                location,
+            };
+            let f = if st.broken.is_none() {
+                let f = st.fail_all(&e);
+                st.broken = Some(e);
+                f
+            } else {
+                Vec::new()
+            };
+            drop(st);
+            deliver_failures(f);
+            Read::Handled(None)
+        }
+        Err(_) => Read::Gone,
     }
-    true
 }
 
 /// The handler thread: collects results, replaces dead workers, and on close or
 /// terminate shuts the workers down.
 pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, mut number: usize) {
+    // The next step, when the last pass decided it under the lock (after replies):
+    // then the loop does not take the lock again before it waits, so it does not
+    // contend with a reader that its delivery woke and that submits at once.
+    let mut known: Option<Step> = None;
     loop {
-        let shutdown = {
-            let mut st = lock(&shared.state);
-            match st.status {
-                Status::Terminated => Some(false),
-                Status::Closed if st.drained() => {
-                    // Closing our ends tells the workers to exit.
-                    st.workers.clear();
-                    Some(true)
-                }
-                _ => None,
-            }
+        let step = match known.take() {
+            Some(s) => s,
+            None => lock(&shared.state).next_step(),
         };
-        if let Some(graceful) = shutdown {
-            reap_all(handles, graceful);
-            return;
-        }
+        let expecting = match step {
+            Step::Shutdown { graceful } => {
+                reap_all(handles, graceful);
+                return;
+            }
+            Step::Wait { expecting } => expecting && may_spin(),
+        };
         let n = handles.len();
-        let expecting = may_spin()
-            && lock(&shared.state)
-                .workers
-                .iter()
-                .any(|w| !w.in_flight.is_empty());
         let ready = {
             let sentinels: Vec<BorrowedFd<'_>> =
                 handles.iter().map(|h| h.process.sentinel()).collect();
@@ -637,17 +664,27 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
             }
         };
         let mut dead = vec![false; n];
+        // Anything but replies (a status change, a death) has the lock taken afresh.
+        let mut fresh = true;
         for i in ready {
             if i == 0 {
                 let mut buf = [0u8; 8];
                 let _ = rustix::io::read(&shared.wake, &mut buf);
+                fresh = false;
             } else if i <= n {
-                if !read_worker(&shared, &mut handles[i - 1]) {
-                    dead[i - 1] = true;
+                match read_worker(&shared, &mut handles[i - 1]) {
+                    Read::Gone => dead[i - 1] = true,
+                    Read::Handled(s) => {
+                        known = s;
+                        fresh &= s.is_some();
+                    }
                 }
             } else if let Some(d) = dead.get_mut(i - 1 - n) {
                 *d = true;
             }
+        }
+        if !fresh || dead.contains(&true) {
+            known = None;
         }
         for i in (0..n).rev() {
             if !dead[i] {
@@ -656,7 +693,7 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
             let mut h = handles.remove(i);
             // Everything it sent before dying counts.
             while matches!(h.reader.poll(Some(Duration::ZERO)), Ok(true)) {
-                if !read_worker(&shared, &mut h) {
+                if matches!(read_worker(&shared, &mut h), Read::Gone) {
                     break;
                 }
             }

@@ -5,7 +5,7 @@ use mp_core::spin::{may_spin, SPIN};
 use serde::de::DeserializeOwned;
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,6 +50,9 @@ pub(crate) struct ResultCell<T> {
     slot: Mutex<Slot<T>>,
     cv: Condvar,
     ready: AtomicBool,
+    /// Threads asleep on `cv`, counted under `slot`'s lock: `set` calls into the kernel
+    /// to wake them only if there are any (a reader that polled needs no wake-up).
+    sleepers: AtomicUsize,
 }
 
 impl<T> ResultCell<T> {
@@ -58,6 +61,7 @@ impl<T> ResultCell<T> {
             slot: Mutex::new(Slot::Pending),
             cv: Condvar::new(),
             ready: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
         })
     }
 
@@ -67,8 +71,11 @@ impl<T> ResultCell<T> {
             *s = Slot::Ready(r);
         }
         self.ready.store(true, Ordering::Release);
+        let sleepers = self.sleepers.load(Ordering::Relaxed);
         drop(s);
-        self.cv.notify_all();
+        if sleepers > 0 {
+            self.cv.notify_all();
+        }
     }
 
     /// Waits until ready (or `timeout`); returns the guard and whether it is ready.
@@ -91,17 +98,22 @@ impl<T> ResultCell<T> {
             if !matches!(*s, Slot::Pending) {
                 return (s, true);
             }
-            match deadline.remaining() {
-                None => s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner()),
-                Some(d) if d.is_zero() => return (s, false),
+            let d = deadline.remaining();
+            if d.is_some_and(|d| d.is_zero()) {
+                return (s, false);
+            }
+            // Counted under the lock `set` takes, so `set` sees every sleeper.
+            self.sleepers.fetch_add(1, Ordering::Relaxed);
+            s = match d {
+                None => self.cv.wait(s).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
-                    s = self
-                        .cv
+                    self.cv
                         .wait_timeout(s, d)
                         .unwrap_or_else(|p| p.into_inner())
                         .0
                 }
-            }
+            };
+            self.sleepers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
