@@ -13,13 +13,15 @@ use crate::result::{lock, ChunkOutcome, Sink};
 use crate::wire::{Encoded, Reply, TaskOut, WorkerMsg};
 use crate::worker::{decode_progress, worker_main, WorkerConfig, MAX_MESSAGE};
 use crate::PoolError;
-use mp_core::spin::may_spin;
+use mp_core::spin::{may_spin, SPIN};
+use mp_core::Deadline;
 use mp_pipe::{Connection, Waitable};
 use mp_process::{Process, RemoteTarget, StartMethod};
 use mp_shm::RawValue;
+use rustix::event::epoll;
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,7 +75,21 @@ struct WorkerSlot {
     last_reply: Instant,
     budget: usize,
     progress: RawValue<AtomicU64>,
+    reader: SharedReader,
+    /// A duplicate of the worker's pidfd, for a reader in `get` (see [`Shared::help`]).
+    sentinel: Option<Arc<OwnedFd>>,
 }
+
+/// The read side of a worker's pipe. The handler reads it; so may a thread waiting in
+/// `get` for the one task it has on that worker ([`Shared::help`]), which takes it out
+/// of the handler's epoll set meanwhile.
+pub(crate) struct Reader {
+    conn: Connection,
+    /// The worker is gone and forgotten: nobody puts it back in the epoll set.
+    retired: bool,
+}
+
+type SharedReader = Arc<Mutex<Reader>>;
 
 impl WorkerSlot {
     fn depth(&self) -> usize {
@@ -88,7 +104,7 @@ impl WorkerSlot {
 /// The handler thread's side of one worker.
 pub(crate) struct WorkerHandle {
     key: u64,
-    reader: Connection,
+    reader: SharedReader,
     process: Process<()>,
 }
 
@@ -235,6 +251,7 @@ impl State {
         let now = Instant::now();
         let k = batch.len() as u64;
         for (i, (task, seq)) in batch.into_iter().zip(seq0..).enumerate() {
+            task.sink.dispatched(task.index, slot.key);
             let cost = task.args.wire_len() + if i == 0 { MSG_OVERHEAD } else { 0 };
             slot.in_flight_bytes += cost;
             slot.in_flight.push_back(InFlight {
@@ -371,6 +388,15 @@ enum Step {
 pub(crate) struct Shared {
     pub state: Mutex<State>,
     wake: OwnedFd,
+    /// What the handler waits on: `wake` (data 0), each worker's reader (`2 * key`) and
+    /// pidfd (`2 * key + 1`).
+    epoll: OwnedFd,
+    /// Bumped each time a reader in `get` takes a worker's reader: the handler then
+    /// checks a reader is still readable before it reads.
+    helps: AtomicU64,
+    /// Results a reader in `get` received for jobs with callbacks, which run in the
+    /// handler thread.
+    deferred: Mutex<Deliveries>,
     pub cfg: Config,
     next_key: AtomicU64,
     next_job: AtomicU64,
@@ -379,8 +405,16 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn new(cfg: Config) -> Result<Self, PoolError> {
         use rustix::event::{eventfd, EventfdFlags};
-        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| PoolError::Io(e.to_string()))?;
+        let io = |e: rustix::io::Errno| PoolError::Io(e.to_string());
+        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(io)?;
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io)?;
+        epoll::add(
+            &ep,
+            &wake,
+            epoll::EventData::new_u64(0),
+            epoll::EventFlags::IN,
+        )
+        .map_err(io)?;
         Ok(Shared {
             state: Mutex::new(State {
                 status: Status::Running,
@@ -391,6 +425,9 @@ impl Shared {
                 failed_starts: 0,
             }),
             wake,
+            epoll: ep,
+            helps: AtomicU64::new(0),
+            deferred: Mutex::new(Vec::new()),
             cfg,
             next_key: AtomicU64::new(1),
             next_job: AtomicU64::new(1),
@@ -472,6 +509,23 @@ impl Shared {
             })
             .map_or(64 << 10, |b| (b / 2).clamp(32 << 10, 512 << 10));
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let reader_fd = reader.fd().map_err(|e| io(&e))?;
+        let watch = |fd: BorrowedFd<'_>, data: u64| {
+            epoll::add(
+                &self.epoll,
+                fd,
+                epoll::EventData::new_u64(data),
+                epoll::EventFlags::IN,
+            )
+            .map_err(|e| io(&e))
+        };
+        watch(reader_fd, 2 * key)?;
+        watch(process.sentinel(), 2 * key + 1)?;
+        let sentinel = process.sentinel().try_clone_to_owned().ok().map(Arc::new);
+        let reader = Arc::new(Mutex::new(Reader {
+            conn: reader,
+            retired: false,
+        }));
         let slot = WorkerSlot {
             key,
             pid: process.pid(),
@@ -485,6 +539,8 @@ impl Shared {
             last_reply: Instant::now(),
             budget,
             progress,
+            reader: reader.clone(),
+            sentinel,
         };
         Ok((
             WorkerHandle {
@@ -566,17 +622,31 @@ enum Read {
     Handled(Option<Step>),
 }
 
-/// Reads one message from worker `h`. More messages, buffered or not, are seen by the
-/// next `wait`.
-fn read_worker(shared: &Shared, h: &mut WorkerHandle) -> Read {
-    match h.reader.recv::<WorkerMsg>() {
+/// Reads one message from worker `key`'s pipe, in the handler (`in_handler`) or in a
+/// reader waiting in `get` ([`Shared::help`]).
+fn read_one(shared: &Shared, key: u64, conn: &mut Connection, in_handler: bool) -> Read {
+    match conn.recv::<WorkerMsg>() {
         Ok(WorkerMsg::Replies(v)) => {
             let mut st = lock(&shared.state);
-            let d = st.on_replies(h.key, v);
+            let mut d = st.on_replies(key, v);
             let f = st.dispatch(shared.cfg.maxtasks);
             let step = st.next_step();
+            let mut wake = false;
+            if !in_handler {
+                // Callbacks run in the handler thread: hand those results over, under
+                // the state lock, so a handler that then sees the pool done (and
+                // delivers what was handed over before it exits) sees them.
+                let later: Deliveries;
+                (later, d) = d.into_iter().partition(|(sink, _, _)| sink.needs_handler());
+                wake = !later.is_empty() || matches!(step, Step::Shutdown { .. });
+                if !later.is_empty() {
+                    lock(&shared.deferred).extend(later);
+                }
+            }
             drop(st);
-            // Results last: a reader woken here may take this CPU at once.
+            if wake {
+                shared.wake();
+            }
             deliver_failures(f);
             deliver(d);
             Read::Handled(Some(step))
@@ -586,7 +656,7 @@ fn read_worker(shared: &Shared, h: &mut WorkerHandle) -> Read {
             let name = st
                 .workers
                 .iter()
-                .find(|w| w.key == h.key)
+                .find(|w| w.key == key)
                 .map(|w| w.name.clone())
                 .unwrap_or_default();
             let e = PoolError::Initializer {
@@ -603,9 +673,111 @@ fn read_worker(shared: &Shared, h: &mut WorkerHandle) -> Read {
             };
             drop(st);
             deliver_failures(f);
+            if !in_handler {
+                shared.wake();
+            }
             Read::Handled(None)
         }
         Err(_) => Read::Gone,
+    }
+}
+
+/// Reads worker `h` in the handler: one message, and any already buffered behind it
+/// (epoll does not see those). Skipped while a reader in `get` holds the pipe; if one
+/// took it since `helps` was read, it may have taken the message epoll announced.
+fn read_worker(shared: &Shared, h: &WorkerHandle, helps: u64) -> Read {
+    let Ok(mut r) = h.reader.try_lock() else {
+        return Read::Handled(None);
+    };
+    // Read under the reader's lock, which a reader in `get` holds when it counts itself.
+    let check = shared.helps.load(Ordering::Acquire) != helps;
+    if check && !matches!(r.conn.poll(Some(Duration::ZERO)), Ok(true)) {
+        return Read::Handled(None);
+    }
+    loop {
+        match read_one(shared, h.key, &mut r.conn, true) {
+            Read::Handled(s) if r.conn.ready_now() => {
+                let _ = s;
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Shared {
+    /// A thread waiting in `get` for the task it has on worker `key` reads that
+    /// worker's replies itself, until `ready` (or the deadline, or the worker's death):
+    /// the reply then takes one hop, worker to reader, instead of two through the
+    /// handler thread. The pipe leaves the handler's epoll set meanwhile, so the
+    /// handler is not woken for it. Returns at once if another thread reads that pipe.
+    pub fn help(&self, key: u64, ready: &AtomicBool, deadline: &Deadline) {
+        let (reader, sentinel) = {
+            let st = lock(&self.state);
+            match st.workers.iter().find(|w| w.key == key) {
+                Some(w) => (w.reader.clone(), w.sentinel.clone()),
+                None => return,
+            }
+        };
+        let Some(sentinel) = sentinel else { return };
+        let Ok(mut r) = reader.try_lock() else { return };
+        if r.retired || ready.load(Ordering::Acquire) {
+            return;
+        }
+        match r.conn.fd() {
+            Ok(fd) if epoll::delete(&self.epoll, fd).is_ok() => {}
+            _ => return,
+        }
+        self.helps.fetch_add(1, Ordering::AcqRel);
+        let spin_until = may_spin().then(|| Instant::now() + SPIN);
+        while !ready.load(Ordering::Acquire) {
+            if !r.conn.ready_now() {
+                let spinning = spin_until.is_some_and(|t| Instant::now() < t);
+                let timeout = if spinning {
+                    Some(Duration::ZERO)
+                } else {
+                    deadline.remaining()
+                };
+                let objs: [&dyn Waitable; 2] = [&r.conn, &*sentinel];
+                match mp_pipe::wait(&objs, timeout) {
+                    Ok(v) if v.is_empty() => {
+                        if deadline.expired() {
+                            break;
+                        }
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    // Its death is the handler's business.
+                    Ok(v) if v.contains(&1) => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            if matches!(read_one(self, key, &mut r.conn, false), Read::Gone) {
+                break;
+            }
+        }
+        // What is already buffered goes now: epoll would not announce it.
+        while r.conn.ready_now() {
+            if matches!(read_one(self, key, &mut r.conn, false), Read::Gone) {
+                break;
+            }
+        }
+        // Back to the handler (which also sees an end of file met here).
+        let back = match r.conn.fd() {
+            Ok(fd) => epoll::add(
+                &self.epoll,
+                fd,
+                epoll::EventData::new_u64(2 * key),
+                epoll::EventFlags::IN,
+            ),
+            Err(_) => Ok(()), // closed: nothing left to watch
+        };
+        drop(r);
+        if let Err(e) = back {
+            // Cannot happen with a live fd; fail loudly rather than hang silently.
+            tracing::error!(error = %e, "pool: could not hand a worker's pipe back to the handler; terminating the pool");
+            self.terminate();
+        }
     }
 }
 
@@ -616,6 +788,11 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
     // then the loop does not take the lock again before it waits, so it does not
     // contend with a reader that its delivery woke and that submits at once.
     let mut known: Option<Step> = None;
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(16);
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     loop {
         let step = match known.take() {
             Some(s) => s,
@@ -623,78 +800,101 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
         };
         let expecting = match step {
             Step::Shutdown { graceful } => {
+                // Results a reader in `get` handed over (see `read_one`).
+                let later = std::mem::take(&mut *lock(&shared.deferred));
+                deliver(later);
                 reap_all(handles, graceful);
                 return;
             }
             Step::Wait { expecting } => expecting && may_spin(),
         };
-        let n = handles.len();
-        let ready = {
-            let sentinels: Vec<BorrowedFd<'_>> =
-                handles.iter().map(|h| h.process.sentinel()).collect();
-            let mut objs: Vec<&dyn Waitable> = Vec::with_capacity(1 + 2 * n);
-            let wake = shared.wake.as_fd();
-            objs.push(&wake);
-            objs.extend(handles.iter().map(|h| &h.reader as &dyn Waitable));
-            objs.extend(sentinels.iter().map(|s| s as &dyn Waitable));
-            // A reply due soon is polled for a little while before sleeping: waking a
-            // sleeping thread on an idle vCPU costs more than a short task.
-            let mut found = None;
-            if expecting {
-                let start = Instant::now();
-                while start.elapsed() < mp_core::spin::SPIN {
-                    match mp_pipe::wait(&objs, Some(Duration::ZERO)) {
-                        Ok(r) if r.is_empty() => std::hint::spin_loop(),
-                        Ok(r) => {
-                            found = Some(r);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+        let helps = shared.helps.load(Ordering::Acquire);
+        events.clear();
+        // A reply due soon is polled for a little while before sleeping: waking a
+        // sleeping thread on an idle vCPU costs more than a short task.
+        let mut waited = Ok(0);
+        if expecting {
+            let start = Instant::now();
+            while start.elapsed() < SPIN {
+                waited = epoll::wait(
+                    &shared.epoll,
+                    rustix::buffer::spare_capacity(&mut events),
+                    Some(&zero),
+                );
+                match waited {
+                    Ok(0) => std::hint::spin_loop(),
+                    _ => break,
                 }
-            }
-            match found.map_or_else(|| mp_pipe::wait(&objs, None), Ok) {
-                Ok(r) => r,
-                Err(e) => {
-                    // Cannot happen with valid fds; never spin on it.
-                    tracing::error!(error = %e, "pool handler: wait failed; terminating the pool");
-                    shared.terminate();
-                    continue;
-                }
-            }
-        };
-        let mut dead = vec![false; n];
-        // Anything but replies (a status change, a death) has the lock taken afresh.
-        let mut fresh = true;
-        for i in ready {
-            if i == 0 {
-                let mut buf = [0u8; 8];
-                let _ = rustix::io::read(&shared.wake, &mut buf);
-                fresh = false;
-            } else if i <= n {
-                match read_worker(&shared, &mut handles[i - 1]) {
-                    Read::Gone => dead[i - 1] = true,
-                    Read::Handled(s) => {
-                        known = s;
-                        fresh &= s.is_some();
-                    }
-                }
-            } else if let Some(d) = dead.get_mut(i - 1 - n) {
-                *d = true;
             }
         }
-        if !fresh || dead.contains(&true) {
-            known = None;
+        if matches!(waited, Ok(0)) {
+            waited = epoll::wait(
+                &shared.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            );
         }
-        for i in (0..n).rev() {
-            if !dead[i] {
+        match waited {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                // Cannot happen with a valid epoll fd; never spin on it.
+                tracing::error!(error = %e, "pool handler: wait failed; terminating the pool");
+                shared.terminate();
                 continue;
             }
+        }
+        let mut dead: Vec<u64> = Vec::new();
+        // Anything but replies (a status change, a death) has the lock taken afresh.
+        let mut fresh = true;
+        for ev in &events {
+            let data = ev.data.u64();
+            if data == 0 {
+                let mut buf = [0u8; 8];
+                let _ = rustix::io::read(&shared.wake, &mut buf);
+                let later = std::mem::take(&mut *lock(&shared.deferred));
+                deliver(later);
+                fresh = false;
+                continue;
+            }
+            let key = data / 2;
+            if data % 2 == 1 {
+                dead.push(key);
+                continue;
+            }
+            let Some(h) = handles.iter().find(|h| h.key == key) else {
+                continue;
+            };
+            match read_worker(&shared, h, helps) {
+                Read::Gone => dead.push(key),
+                Read::Handled(s) => {
+                    known = s;
+                    fresh &= s.is_some();
+                }
+            }
+        }
+        if !fresh || !dead.is_empty() {
+            known = None;
+        }
+        dead.sort_unstable();
+        dead.dedup();
+        for key in dead {
+            let Some(i) = handles.iter().position(|h| h.key == key) else {
+                continue;
+            };
             let mut h = handles.remove(i);
-            // Everything it sent before dying counts.
-            while matches!(h.reader.poll(Some(Duration::ZERO)), Ok(true)) {
-                if matches!(read_worker(&shared, &mut h), Read::Gone) {
-                    break;
+            let _ = epoll::delete(&shared.epoll, h.process.sentinel());
+            {
+                // A reader in `get` polls the pidfd too, and lets go of the pipe.
+                let mut r = lock(&h.reader);
+                r.retired = true;
+                if let Ok(fd) = r.conn.fd() {
+                    let _ = epoll::delete(&shared.epoll, fd);
+                }
+                // Everything it sent before dying counts.
+                while matches!(r.conn.poll(Some(Duration::ZERO)), Ok(true)) {
+                    if matches!(read_one(&shared, h.key, &mut r.conn, true), Read::Gone) {
+                        break;
+                    }
                 }
             }
             let exitcode = reap(&mut h);

@@ -248,7 +248,7 @@ impl Pool {
             None => self.default_chunksize(items.len()),
         };
         let target = target?;
-        let cell = ResultCell::new();
+        let cell = ResultCell::new(Arc::downgrade(&self.shared));
         if items.is_empty() {
             complete(&cell, callbacks, finish(Vec::new()));
             return Ok(AsyncResult::new(cell));

@@ -1,12 +1,13 @@
 //! [`AsyncResult`], the callbacks, and the sink that gathers a job's chunks.
+use crate::handler::Shared;
 use crate::wire::ChunkResult;
 use crate::PoolError;
 use mp_core::spin::{may_spin, SPIN};
 use serde::de::DeserializeOwned;
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 /// One chunk's decoded results, or the failure of the whole chunk.
@@ -19,6 +20,12 @@ pub(crate) type ChunkOutcome = Result<(Vec<u8>, Vec<OwnedFd>), PoolError>;
 /// A job's receiving end, type-erased for the handler. Called outside every pool lock.
 pub(crate) trait Sink: Send + Sync {
     fn deliver(&self, index: usize, outcome: ChunkOutcome);
+    /// Chunk `index` was sent to worker `worker` (a key).
+    fn dispatched(&self, _index: usize, _worker: u64) {}
+    /// Whether delivering runs user callbacks, which belong to the handler thread.
+    fn needs_handler(&self) -> bool {
+        false
+    }
 }
 
 /// Decodes one chunk's results, checking it has the expected number of items.
@@ -53,11 +60,17 @@ pub(crate) struct ResultCell<T> {
     /// Threads asleep on `cv`, counted under `slot`'s lock: `set` calls into the kernel
     /// to wake them only if there are any (a reader that polled needs no wake-up).
     sleepers: AtomicUsize,
+    /// The pool, and the worker (key, 0 when unknown) that has this result's only task:
+    /// a reader may then read that worker's pipe itself ([`Shared::help`]).
+    pool: Weak<Shared>,
+    worker: AtomicU64,
 }
 
 impl<T> ResultCell<T> {
-    pub fn new() -> Arc<Self> {
+    pub fn new(pool: Weak<Shared>) -> Arc<Self> {
         Arc::new(ResultCell {
+            pool,
+            worker: AtomicU64::new(0),
             slot: Mutex::new(Slot::Pending),
             cv: Condvar::new(),
             ready: AtomicBool::new(false),
@@ -81,8 +94,16 @@ impl<T> ResultCell<T> {
     /// Waits until ready (or `timeout`); returns the guard and whether it is ready.
     fn wait(&self, timeout: Option<Duration>) -> (MutexGuard<'_, Slot<T>>, bool) {
         let deadline = mp_core::Deadline::after(timeout);
+        if !self.ready.load(Ordering::Acquire) {
+            let worker = self.worker.load(Ordering::Acquire);
+            if worker != 0 {
+                if let Some(pool) = self.pool.upgrade() {
+                    pool.help(worker, &self.ready, &deadline);
+                }
+            }
+        }
         if !self.ready.load(Ordering::Acquire) && may_spin() {
-            let limit = timeout.map_or(SPIN, |t| t.min(SPIN));
+            let limit = deadline.remaining().map_or(SPIN, |t| t.min(SPIN));
             let start = std::time::Instant::now();
             'spin: while start.elapsed() < limit {
                 for _ in 0..64 {
@@ -367,5 +388,18 @@ where
         };
         let cb = lock(&self.callbacks).take();
         complete(&self.cell, cb, r);
+    }
+
+    fn dispatched(&self, _index: usize, worker: u64) {
+        // Read directly only by a reader whose result has no callbacks to run first.
+        if self.lens.len() == 1 && !self.needs_handler() {
+            self.cell.worker.store(worker, Ordering::Release);
+        }
+    }
+
+    fn needs_handler(&self) -> bool {
+        lock(&self.callbacks)
+            .as_ref()
+            .is_some_and(|c| c.success.is_some() || c.error.is_some())
     }
 }
