@@ -56,63 +56,52 @@ pub(crate) fn forget_inherited() {
 
 /// Runs the task announced on `sock`, reports, cleans up and exits. Never returns.
 pub(crate) fn child_main(sock: OwnedFd) -> ! {
-    let code = run(&sock);
+    let (code, outcome) = run(&sock);
     crate::process::exit_cleanup();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
+    // SAFETY: flushes C stdio; no Rust object is involved.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
+    // The outcome goes last, so that a parent woken by it finds this process already
+    // exiting (usually saving it a second sleep before it can reap us).
+    if let Some((outcome, fds)) = outcome {
+        if let Ok(bytes) = postcard::to_allocvec(&outcome) {
+            // The parent may have dropped its handle: nobody to tell, nothing to do.
+            let _ = send_frame(sock.as_fd(), &bytes, &fds);
+        }
+    }
     drop(sock);
     // As Python's children do (`os._exit` after flushing): the atexit handlers of a
     // forked child are its parent's, and are not the child's to run.
-    // SAFETY: fflush(NULL) flushes C stdio; _exit ends the process at once, after our
-    // own cleanup above, running no handler and no destructor.
-    unsafe {
-        libc::fflush(std::ptr::null_mut());
-        libc::_exit(code)
-    }
+    // SAFETY: _exit ends the process at once, after our own cleanup above, running no
+    // handler and no destructor.
+    unsafe { libc::_exit(code) }
 }
 
-fn report(sock: &OwnedFd, outcome: &Outcome, fds: &[OwnedFd]) {
-    if let Ok(bytes) = postcard::to_allocvec(outcome) {
-        // The parent may have dropped its handle: nobody to tell, nothing to do.
-        let _ = send_frame(sock.as_fd(), &bytes, fds);
-    }
+/// What the child reports: its outcome and the fds that go with it.
+type Report = Option<(Outcome, Vec<OwnedFd>)>;
+
+fn failed(why: String) -> (i32, Report) {
+    (EXIT_BOOTSTRAP, Some((Outcome::Bootstrap(why), Vec::new())))
 }
 
-fn run(sock: &OwnedFd) -> i32 {
+/// Runs the task: the exit code, and what to report.
+fn run(sock: &OwnedFd) -> (i32, Report) {
     let (bytes, fds) = match recv_frame(sock.as_fd(), MAX_FRAME) {
         Ok(r) => r,
-        Err(_) => return EXIT_BOOTSTRAP, // the parent went away before telling us anything
+        Err(_) => return (EXIT_BOOTSTRAP, None), // the parent went away before telling us anything
     };
     let boot: Bootstrap = match postcard::from_bytes(&bytes) {
         Ok(b) => b,
-        Err(e) => {
-            report(
-                sock,
-                &Outcome::Bootstrap(format!("bad bootstrap message: {e}")),
-                &[],
-            );
-            return EXIT_BOOTSTRAP;
-        }
+        Err(e) => return failed(format!("bad bootstrap message: {e}")),
     };
     if boot.magic != MAGIC {
-        report(
-            sock,
-            &Outcome::Bootstrap("bootstrap message of another version".into()),
-            &[],
-        );
-        return EXIT_BOOTSTRAP;
+        return failed("bootstrap message of another version".into());
     }
     // A forked child inherits its parent's answer; a spawned one reads it once.
     match ExeId::cached() {
         Ok(id) if id == boot.exe => {}
-        _ => {
-            report(
-                sock,
-                &Outcome::Bootstrap("the child does not run the parent's executable".into()),
-                &[],
-            );
-            return EXIT_BOOTSTRAP;
-        }
+        _ => return failed("the child does not run the parent's executable".into()),
     }
     become_child(&boot);
     // SAFETY: the executable's identity was checked just above, so the offset names a
@@ -120,8 +109,7 @@ fn run(sock: &OwnedFd) -> i32 {
     let entry = unsafe { resolve(boot.entry_offset) };
     let (outcome, out_fds) = run_entry(entry, boot.type_hash, &boot.args, fds);
     let code = i32::from(!matches!(outcome, Outcome::Ok(_)));
-    report(sock, &outcome, &out_fds);
-    code
+    (code, Some((outcome, out_fds)))
 }
 
 /// Takes on the name, family and environment the parent gave.

@@ -55,6 +55,7 @@ impl ChildEntry {
         if let Some(s) = *st {
             return Some(s);
         }
+        let mut spin = true;
         loop {
             match waitid(
                 WaitId::PidFd(self.pidfd.as_fd()),
@@ -80,6 +81,22 @@ impl ChildEntry {
             }
             if deadline.expired() {
                 return None;
+            }
+            // A child that has just reported is exiting: look again for a few
+            // microseconds before sleeping on the pidfd (see `mp_core::spin`).
+            if spin && mp_core::spin::may_spin() {
+                spin = false;
+                let until = std::time::Instant::now() + mp_core::spin::SPIN;
+                let mut found = false;
+                while !found && std::time::Instant::now() < until && !deadline.expired() {
+                    let mut p = [PollFd::new(&self.pidfd, PollFlags::IN)];
+                    found = matches!(poll(&mut p, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(n) if n > 0);
+                    if !found {
+                        std::hint::spin_loop();
+                    }
+                }
+                mp_core::spin::spun(found);
+                continue;
             }
             let mut p = [PollFd::new(&self.pidfd, PollFlags::IN)];
             match poll(&mut p, deadline.remaining_timespec().as_ref()) {
