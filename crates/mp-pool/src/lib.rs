@@ -66,11 +66,14 @@
 //!   `mp_process::RemoteTarget` call that loops over its items and catches a panic per
 //!   item, so a panicking item fails only itself. Results come back as one encoded
 //!   `Vec<Result<R, _>>` per chunk.
-//! - **The parent**: one handler thread owns the read side of every worker's pipe and
-//!   every worker's pidfd, and waits on all of them (and an eventfd for status changes)
-//!   with one `poll`. Submitting threads and the handler dispatch under one mutex,
-//!   sending batches of chunks straight to workers (so an `apply_async` costs one
-//!   hop to the worker, and one back through the handler).
+//! - **The parent**: one handler thread reads every worker's pipe and watches every
+//!   worker's pidfd, waiting on all of them (and an eventfd for status changes) with one
+//!   `epoll`. Submitting threads and the handler dispatch under one mutex, sending
+//!   batches of chunks straight to workers. A thread waiting in `get` for a one-task
+//!   job (an `apply`) without callbacks reads that worker's pipe itself, which leaves
+//!   the handler's epoll set meanwhile: the reply takes one hop back, not two through
+//!   the handler, and the handler is not woken for it. It watches the worker's pidfd
+//!   too, so a death still fails the task at once (the handler reports it).
 //! - **Pipelining**: each worker is given up to about 1 ms of queued work (estimated
 //!   from its recent task times, between 2 and 64 chunks), batched in one message, and
 //!   it batches the replies of short tasks (for at most 200 us), so short tasks cost
