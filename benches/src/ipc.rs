@@ -252,6 +252,9 @@ fn ops(opts: &Opts) -> usize {
 }
 
 fn uncontended(opts: &Opts, name: &str, mut f: impl FnMut()) {
+    // One untimed pass first: a fresh process's first millions of operations can run
+    // at half speed here (frequency and cache warm-up), which is not the primitive.
+    per_call(ops(opts), &mut f);
     let runs = (0..opts.runs())
         .map(|_| per_call(ops(opts), &mut f) * 1e9)
         .collect();
