@@ -213,22 +213,8 @@ impl<T: LockFree> Deref for Array<T> {
 
 impl<'de, T: Element> Deserialize<'de> for Array<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(bound = "T: Element")]
-        struct Wire<T: Element> {
-            cells: Cells<T>,
-            lock: Option<Lock>,
-        }
-        let w = Wire::<T>::deserialize(d)?;
-        if w.lock.is_none() && !T::LOCK_FREE {
-            return Err(mp_core::handles::decode_error(ShmError::TypeMismatch {
-                expected: std::any::type_name::<Self>(),
-            }));
-        }
-        Ok(Array {
-            cells: w.cells,
-            lock: w.lock,
-        })
+        let (cells, lock) = crate::cell::receive_locked::<D, T, Self>(d, |_| true)?;
+        Ok(Array { cells, lock })
     }
 }
 

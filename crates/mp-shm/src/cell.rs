@@ -125,3 +125,29 @@ impl<'de, T: Element> Deserialize<'de> for Cells<T> {
         Cells::check(region).map_err(mp_core::handles::decode_error)
     }
 }
+
+/// Receives the memory and the lock of a `Value` or an `Array` (`W`, for the error):
+/// plain data must arrive with its lock (atomics need none), and `len_ok` checks the
+/// element count.
+pub(crate) fn receive_locked<'de, D, T, W>(
+    d: D,
+    len_ok: impl Fn(usize) -> bool,
+) -> Result<(Cells<T>, Option<mp_sync::Lock>), D::Error>
+where
+    D: Deserializer<'de>,
+    T: Element,
+{
+    #[derive(Deserialize)]
+    #[serde(bound = "T: Element")]
+    struct Wire<T: Element> {
+        cells: Cells<T>,
+        lock: Option<mp_sync::Lock>,
+    }
+    let w = Wire::<T>::deserialize(d)?;
+    if !len_ok(w.cells.len()) || (w.lock.is_none() && !T::LOCK_FREE) {
+        return Err(mp_core::handles::decode_error(ShmError::TypeMismatch {
+            expected: std::any::type_name::<W>(),
+        }));
+    }
+    Ok((w.cells, w.lock))
+}

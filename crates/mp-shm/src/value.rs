@@ -156,22 +156,8 @@ impl<T: LockFree> Deref for Value<T> {
 
 impl<'de, T: Element> Deserialize<'de> for Value<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(bound = "T: Element")]
-        struct Wire<T: Element> {
-            cells: Cells<T>,
-            lock: Option<Lock>,
-        }
-        let w = Wire::<T>::deserialize(d)?;
-        if w.cells.len() != 1 || (w.lock.is_none() && !T::LOCK_FREE) {
-            return Err(mp_core::handles::decode_error(ShmError::TypeMismatch {
-                expected: std::any::type_name::<Self>(),
-            }));
-        }
-        Ok(Value {
-            cells: w.cells,
-            lock: w.lock,
-        })
+        let (cells, lock) = crate::cell::receive_locked::<D, T, Self>(d, |len| len == 1)?;
+        Ok(Value { cells, lock })
     }
 }
 
