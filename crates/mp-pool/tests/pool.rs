@@ -489,8 +489,13 @@ fn failing_initializer_breaks_the_pool() -> R {
         .processes(2)
         .initializer(bad_initializer, ())
         .build()?;
-    let mut r = p.apply_async(square, (2,))?;
-    match r.get_timeout(PROMPT) {
+    // The workers may fail before or after the submission (fork starts them fast), so
+    // the error may come from apply_async itself or from get: either way it must be
+    // the initializer's.
+    match p
+        .apply_async(square, (2,))
+        .and_then(|mut r| r.get_timeout(PROMPT))
+    {
         Err(PoolError::Initializer { message, .. }) => {
             ensure(message.contains("initializer says no"), message)?
         }
