@@ -9,6 +9,7 @@
 //!   rebuilds the handles.
 //! - [`fdpass`]: sending bytes plus fds over a Unix socket (SCM_RIGHTS).
 //! - [`futex`] and [`Deadline`]: process-shared futex waits on `CLOCK_MONOTONIC`.
+//! - [`random`]: kernel randomness, all or an error.
 //! - [`spin`]: when a waiter may poll before it sleeps (bounded, never on one CPU).
 //! - [`SharedRegion`]: anonymous shared memory (memfd) that travels as an fd and leaves
 //!   nothing in `/dev/shm`.
@@ -29,6 +30,7 @@ pub mod frame;
 pub mod futex;
 pub mod handles;
 mod probe;
+pub mod random;
 mod region;
 pub mod spin;
 

@@ -478,18 +478,6 @@ fn create_response(key: &[u8], message: &[u8], allow_legacy: bool) -> Result<Vec
     Ok(out)
 }
 
-fn random_bytes(buf: &mut [u8]) -> Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        match rustix::rand::getrandom(&mut buf[done..], rustix::rand::GetRandomFlags::empty()) {
-            Ok(n) => done += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 /// Receives one handshake frame; an oversized one is an authentication failure.
 fn recv_handshake(conn: &mut Connection) -> Result<Vec<u8>> {
     match conn.recv_bytes_max(HANDSHAKE_MAX) {
@@ -508,7 +496,7 @@ pub(crate) fn deliver_challenge(
 ) -> Result<()> {
     let mut message = b"{sha256}".to_vec();
     let mut random = [0u8; MESSAGE_LENGTH];
-    random_bytes(&mut random)?;
+    mp_core::random::fill(&mut random)?;
     message.extend_from_slice(&random);
     let mut frame = CHALLENGE.to_vec();
     frame.extend_from_slice(&message);

@@ -2,8 +2,8 @@
 //! send the outcome, clean up our own children, exit.
 use crate::current::{state, ParentProcess};
 use crate::launch::CHILD_FD;
-use crate::target::{resolve, Entry};
-use crate::wire::{Bootstrap, ExeId, Outcome, MAGIC, MAX_FRAME};
+use crate::target::Entry;
+use crate::wire::{Bootstrap, Outcome, MAGIC, MAX_FRAME};
 use mp_core::fdpass::{recv_frame, send_frame};
 use std::io::Write;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
@@ -98,16 +98,16 @@ fn run(sock: &OwnedFd) -> (i32, Report) {
     if boot.magic != MAGIC {
         return failed("bootstrap message of another version".into());
     }
-    // A forked child inherits its parent's answer; a spawned one reads it once.
-    match ExeId::cached() {
-        Ok(id) if id == boot.exe => {}
-        _ => return failed("the child does not run the parent's executable".into()),
+    if let Err(why) = crate::secret::adopt(boot.target_key) {
+        return failed(why.into());
     }
+    // Checks the executable's identity and the tree's tag before resolving anything.
+    let entry = match boot.target.entry() {
+        Ok(e) => e,
+        Err(e) => return failed(e.to_string()),
+    };
     become_child(&boot);
-    // SAFETY: the executable's identity was checked just above, so the offset names a
-    // trampoline in this very image; the trampoline re-checks the target's type hash.
-    let entry = unsafe { resolve(boot.entry_offset) };
-    let (outcome, out_fds) = run_entry(entry, boot.type_hash, &boot.args, fds);
+    let (outcome, out_fds) = run_entry(entry, boot.target.type_hash(), &boot.args, fds);
     let code = i32::from(!matches!(outcome, Outcome::Ok(_)));
     (code, Some((outcome, out_fds)))
 }

@@ -29,6 +29,11 @@ pub enum ProcessError {
     /// executable or the target did not match).
     #[error("the child could not start its task: {0}")]
     Bootstrap(String),
+    /// A [`RemoteTarget`](crate::RemoteTarget) that this process may not call: altered,
+    /// forged, made by another program or another run, or a target outside the main
+    /// executable.
+    #[error("not a callable target: {0}")]
+    Target(String),
     /// Starting the child failed at the OS level.
     #[error("could not start the child process: {0}")]
     Start(#[source] std::io::Error),

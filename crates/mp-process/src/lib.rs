@@ -34,8 +34,12 @@
 //!
 //! How the child finds its function: each target is monomorphised into a trampoline;
 //! the parent sends the trampoline's offset from an anchor function together with the
-//! identity of the executable and a hash of the type names. The child checks both
-//! before it calls anything, so a mismatch is an error and never undefined behaviour.
+//! identity of the executable, a hash of the type names, and a tag (HMAC-SHA256 of the
+//! three under a secret that only this process tree holds). The child checks the
+//! executable and the tag before it calls anything, and the trampoline checks the hash,
+//! so a mismatch, an altered or a forged [`RemoteTarget`] is an error and never
+//! undefined behaviour. Targets must live in the main executable: linking mp-process as
+//! a shared library makes [`Process::start`] fail with [`ProcessError::Target`].
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
 mod child;
@@ -44,6 +48,7 @@ mod current;
 mod error;
 mod launch;
 mod process;
+mod secret;
 mod target;
 mod wire;
 

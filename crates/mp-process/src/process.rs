@@ -4,8 +4,8 @@ use crate::context::{get_start_method, StartMethod};
 use crate::current::state;
 use crate::error::ProcessError;
 use crate::launch;
-use crate::target::{locate, Target};
-use crate::wire::{Bootstrap, ExeId, Outcome, MAGIC, MAX_FRAME};
+use crate::target::{RemoteTarget, Target};
+use crate::wire::{Bootstrap, Outcome, MAGIC, MAX_FRAME};
 use mp_core::fdpass::{recv_frame, send_frame};
 use mp_core::Deadline;
 use rustix::event::{poll, PollFd, PollFlags};
@@ -299,7 +299,6 @@ where
     /// Fails, with no child started, when `init()` was not called, when this process is
     /// a daemon, when the arguments fail to serialize, or when `fork` is refused.
     pub fn start(self) -> Result<Process<F::Output>, ProcessError> {
-        let _ = self.target;
         let (identity, parent_name, authkey) = {
             let mut s = state();
             if !s.initialized {
@@ -320,12 +319,10 @@ where
             let ids: Vec<String> = identity.iter().map(u32::to_string).collect();
             format!("Process-{}", ids.join(":"))
         });
-        let (entry_offset, type_hash) = locate::<F, A>();
         let boot = Bootstrap {
             magic: MAGIC,
-            exe: ExeId::cached().map_err(ProcessError::Start)?,
-            entry_offset,
-            type_hash,
+            target: RemoteTarget::of::<F, A>(self.target)?,
+            target_key: *crate::secret::key().map_err(ProcessError::Start)?,
             name: name.clone(),
             identity,
             daemon: self.daemon,

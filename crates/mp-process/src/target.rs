@@ -1,6 +1,9 @@
 //! What a child runs: `fn` items and non-capturing closures, found again in the child
-//! by their offset from an anchor in the same executable.
-use crate::wire::Outcome;
+//! by their offset from an anchor in the same executable, under a tag that only this
+//! process tree can make.
+use crate::wire::{ExeId, Outcome};
+use crate::ProcessError;
+use hmac::{Hmac, KeyInit, Mac};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::os::fd::OwnedFd;
@@ -115,8 +118,39 @@ fn conjure<F: Copy>() -> F {
     unsafe { std::mem::zeroed::<F>() }
 }
 
-/// The offset of `F`'s trampoline from the anchor, and its type hash.
-pub(crate) fn locate<F: Target<A>, A: DeserializeOwned>() -> (i64, u64) {
+/// The base address of the loaded object (executable or shared library) that holds
+/// `addr`, if the dynamic loader knows it.
+fn image_base(addr: usize) -> Option<usize> {
+    // SAFETY: dladdr only reads the loader's tables; `info` is a plain C struct that it
+    // fills (or leaves alone when it returns 0, in which case we do not read it).
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(addr as *const libc::c_void, &mut info) == 0 {
+            return None;
+        }
+        Some(info.dli_fbase as usize)
+    }
+}
+
+/// Whether `addr` lies in the main executable (not in a shared library). Offsets are
+/// measured within the main executable, whose image is the same in every process of
+/// the tree; a library's load address differs from process to process.
+fn in_main_executable(addr: usize) -> bool {
+    // SAFETY: getauxval only reads the auxiliary vector the kernel gave this process.
+    let entry = unsafe { libc::getauxval(libc::AT_ENTRY) } as usize;
+    match (image_base(entry), image_base(addr)) {
+        (Some(main), Some(here)) => main == here,
+        // No loader information for the entry point: a static executable, which is
+        // one image.
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
+}
+
+/// The offset of `F`'s trampoline from the anchor, and its type hash. Fails when the
+/// anchor (this library) or the trampoline is not in the main executable, as when
+/// mp-process is linked as a shared library: offsets would then not hold in a child.
+pub(crate) fn locate<F: Target<A>, A: DeserializeOwned>() -> Result<(i64, u64), ProcessError> {
     const {
         assert!(
             std::mem::size_of::<F>() == 0,
@@ -124,16 +158,24 @@ pub(crate) fn locate<F: Target<A>, A: DeserializeOwned>() -> (i64, u64) {
         )
     };
     let entry: Entry = trampoline::<F, A>;
-    let offset = (entry as usize as i64).wrapping_sub(anchor as Entry as usize as i64);
-    (offset, type_hash::<F, A>())
+    let (at, base) = (entry as usize, anchor as Entry as usize);
+    if !in_main_executable(base) || !in_main_executable(at) {
+        return Err(ProcessError::Target(
+            "targets must live in the main executable: mp-process (and the target) cannot be \
+             used from a shared library (dylib or cdylib)"
+                .into(),
+        ));
+    }
+    Ok(((at as i64).wrapping_sub(base as i64), type_hash::<F, A>()))
 }
 
 /// Finds a trampoline again from its offset.
 ///
 /// # Safety
-/// `offset` must come from [`locate`] in a process running the same executable image
-/// (checked by the caller through the executable's identity).
-pub(crate) unsafe fn resolve(offset: i64) -> Entry {
+/// `offset` must come from [`locate`] in a process of this tree running the same
+/// executable image: the caller checks that through [`RemoteTarget::entry`] (the
+/// executable's identity and the tree's tag) or by having made the offset itself.
+unsafe fn resolve(offset: i64) -> Entry {
     let addr = (anchor as Entry as usize as i64).wrapping_add(offset) as usize;
     // SAFETY: by the contract above, `addr` is the address of a function of type `Entry`
     // in this very image, since the same offset from the same anchor named one in the
@@ -141,13 +183,52 @@ pub(crate) unsafe fn resolve(offset: i64) -> Entry {
     unsafe { std::mem::transmute::<usize, Entry>(addr) }
 }
 
-/// Names a target so that another process running this same executable can call it:
-/// what a pool sends its workers, the function once and then arguments many times.
+type Tag = [u8; 32];
+
+/// HMAC-SHA256 under the tree's key over everything that decides what is called.
+fn tag(
+    key: &[u8; 32],
+    exe: &ExeId,
+    offset: i64,
+    hash: u64,
+) -> Result<Hmac<sha2::Sha256>, ProcessError> {
+    let mut m = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
+        .map_err(|e| ProcessError::Target(format!("bad target key: {e}")))?;
+    m.update(b"multiproc target v1\0");
+    for part in [
+        exe.dev,
+        exe.ino,
+        exe.size as u64,
+        exe.mtime as u64,
+        offset as u64,
+        hash,
+    ] {
+        m.update(&part.to_le_bytes());
+    }
+    Ok(m)
+}
+
+thread_local! {
+    /// The last target this thread verified: a pool worker calls the same one for task
+    /// after task, and pays for the tag's check once.
+    static VERIFIED: std::cell::Cell<Option<RemoteTarget>> = const { std::cell::Cell::new(None) };
+}
+
+/// Names a target so that another process of this same process tree, running this same
+/// executable, can call it: what a pool sends its workers, the function once and then
+/// arguments many times. Any process can hold one (it is `Serialize`), but only the
+/// tree that made it can call it.
 ///
-/// It is plain data (`Serialize`): the offset of the target's trampoline, the identity
-/// of the executable and a hash of the type names. [`call`](RemoteTarget::call) checks
-/// the executable before it resolves anything, and the trampoline checks the hash, so a
-/// `RemoteTarget` from another program is an error, never a jump into the unknown.
+/// It is plain data: the offset of the target's trampoline, the identity of the
+/// executable, a hash of the type names, and a tag (HMAC-SHA256 of all three under a
+/// secret that the tree's first process draws and hands only to its children).
+/// [`call`](RemoteTarget::call) checks the executable and the tag before it resolves
+/// anything, and the trampoline checks the hash: a `RemoteTarget` that was altered,
+/// forged, or made by another program or another run is
+/// [`ProcessError::Target`](crate::ProcessError::Target), never a jump into the unknown.
+///
+/// Targets must be in the main executable: [`of`](RemoteTarget::of) refuses when this
+/// library is linked as a shared library, where offsets would not hold in a child.
 ///
 /// ```
 /// use mp_process::RemoteTarget;
@@ -159,48 +240,83 @@ pub(crate) unsafe fn resolve(offset: i64) -> Entry {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RemoteTarget {
-    exe: crate::wire::ExeId,
+    exe: ExeId,
     offset: i64,
     hash: u64,
+    tag: Tag,
 }
 
 impl RemoteTarget {
     /// The remote name of `target`, called with arguments `A` (a tuple).
-    pub fn of<F: Target<A>, A: DeserializeOwned>(target: F) -> Result<Self, crate::ProcessError> {
+    pub fn of<F: Target<A>, A: DeserializeOwned>(target: F) -> Result<Self, ProcessError> {
         let _ = target;
-        let (offset, hash) = locate::<F, A>();
-        let exe = crate::wire::ExeId::cached().map_err(crate::ProcessError::Start)?;
-        Ok(RemoteTarget { exe, offset, hash })
+        let (offset, hash) = locate::<F, A>()?;
+        let exe = ExeId::cached().map_err(ProcessError::Start)?;
+        let key = crate::secret::key().map_err(ProcessError::Start)?;
+        let tag = tag(key, &exe, offset, hash)?.finalize().into_bytes().into();
+        Ok(RemoteTarget {
+            exe,
+            offset,
+            hash,
+            tag,
+        })
+    }
+
+    /// The trampoline this target names, after checking that this process runs the
+    /// executable it was made in and that the tag is this tree's.
+    pub(crate) fn entry(&self) -> Result<Entry, ProcessError> {
+        if VERIFIED.with(|v| v.get()) != Some(*self) {
+            match ExeId::cached() {
+                Ok(id) if id == self.exe => {}
+                _ => {
+                    return Err(ProcessError::Target(
+                        "it names a function of another executable".into(),
+                    ))
+                }
+            }
+            let key = crate::secret::key().map_err(ProcessError::Start)?;
+            tag(key, &self.exe, self.offset, self.hash)?
+                .verify_slice(&self.tag)
+                .map_err(|_| {
+                    ProcessError::Target(
+                        "its tag is not this process tree's (altered, forged, or made by \
+                         another run of the program)"
+                            .into(),
+                    )
+                })?;
+            VERIFIED.with(|v| v.set(Some(*self)));
+        }
+        // SAFETY: the tag proves that `locate` in a process of this tree computed the
+        // offset for this executable identity (only the tree's processes hold the key,
+        // and no public API reveals it), and this process runs that same executable
+        // (checked above), so the offset names a trampoline of this image; the
+        // trampoline checks the type hash before it decodes anything.
+        Ok(unsafe { resolve(self.offset) })
     }
 
     /// Calls the target on encoded arguments (the bytes and fds of an `A`, from
     /// `mp_core::handles::encode`), returning the encoded result. A panic comes back as
-    /// [`ProcessError::Panicked`](crate::ProcessError::Panicked) with its message and
-    /// location; a target from another executable, or arguments that do not decode, as
-    /// [`ProcessError::Bootstrap`](crate::ProcessError::Bootstrap).
+    /// [`ProcessError::Panicked`] with its message and location; a target that is not
+    /// this tree's, or that names another executable, as [`ProcessError::Target`];
+    /// arguments that do not decode as [`ProcessError::Bootstrap`].
     pub fn call(
         &self,
         args: &[u8],
         fds: Vec<OwnedFd>,
-    ) -> Result<(Vec<u8>, Vec<OwnedFd>), crate::ProcessError> {
-        match crate::wire::ExeId::cached() {
-            Ok(id) if id == self.exe => {}
-            _ => {
-                return Err(crate::ProcessError::Bootstrap(
-                    "the target names a function of another executable".into(),
-                ))
-            }
-        }
-        // SAFETY: the executable is the one the offset was measured in (checked above),
-        // so it names a trampoline of this image; the trampoline checks the type hash.
-        let entry = unsafe { resolve(self.offset) };
+    ) -> Result<(Vec<u8>, Vec<OwnedFd>), ProcessError> {
+        let entry = self.entry()?;
         match crate::child::run_entry(entry, self.hash, args, fds) {
             (Outcome::Ok(bytes), fds) => Ok((bytes, fds)),
             (Outcome::Panicked { message, location }, _) => {
-                Err(crate::ProcessError::Panicked { message, location })
+                Err(ProcessError::Panicked { message, location })
             }
-            (Outcome::ResultEncode(m), _) => Err(crate::ProcessError::ResultEncode(m)),
-            (Outcome::Bootstrap(m), _) => Err(crate::ProcessError::Bootstrap(m)),
+            (Outcome::ResultEncode(m), _) => Err(ProcessError::ResultEncode(m)),
+            (Outcome::Bootstrap(m), _) => Err(ProcessError::Bootstrap(m)),
         }
+    }
+
+    /// The type hash the trampoline checks.
+    pub(crate) fn type_hash(&self) -> u64 {
+        self.hash
     }
 }

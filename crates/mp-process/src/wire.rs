@@ -49,9 +49,10 @@ impl ExeId {
 #[derive(Serialize, Deserialize, Debug)]
 pub(crate) struct Bootstrap {
     pub magic: u64,
-    pub exe: ExeId,
-    pub entry_offset: i64,
-    pub type_hash: u64,
+    /// What to run: checked against the tree's key before anything is called.
+    pub target: crate::RemoteTarget,
+    /// The tree's secret (see `secret.rs`), which the child adopts first.
+    pub target_key: [u8; 32],
     pub name: String,
     pub identity: Vec<u32>,
     pub daemon: bool,
