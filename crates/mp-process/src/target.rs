@@ -320,3 +320,45 @@ impl RemoteTarget {
         self.hash
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn locate_entry<F: Target<(u32,)>>(_: F) -> usize {
+        trampoline::<F, (u32,)> as Entry as usize
+    }
+
+    #[test]
+    fn offsets_are_taken_only_inside_the_main_executable() {
+        assert!(in_main_executable(anchor as Entry as usize));
+        fn g(x: u32) -> u32 {
+            x
+        }
+        assert!(in_main_executable(locate_entry(g)));
+        // A function of the C library lives in a shared object: refused.
+        assert!(!in_main_executable(libc::getpid as *const () as usize));
+    }
+
+    #[test]
+    fn a_tag_binds_every_field() {
+        fn f(x: u32) -> u32 {
+            x
+        }
+        let t = RemoteTarget::of::<_, (u32,)>(f).unwrap();
+        assert!(t.entry().is_ok());
+        for forged in [
+            RemoteTarget {
+                offset: t.offset + 1,
+                ..t
+            },
+            RemoteTarget {
+                hash: t.hash ^ 1,
+                ..t
+            },
+            RemoteTarget { tag: [0; 32], ..t },
+        ] {
+            assert!(matches!(forged.entry(), Err(ProcessError::Target(_))));
+        }
+    }
+}
