@@ -22,6 +22,11 @@
 //!   (its own, or one you give). Every safe access takes it: `get`, `set`, `update`,
 //!   `read`, `write`, or `lock()` for a guard that derefs to `&mut T` / `&mut [T]`. So
 //!   the safe API cannot race: two processes never touch the data at the same time.
+//!   The lock a guard holds is released only by that guard: `get_lock()`'s `release()`
+//!   is refused meanwhile ([`mp_sync::SyncError::GuardHeld`]), and so is a
+//!   `Condition::wait` over it; `Lock::force_unlock` is `unsafe`. The memory names its
+//!   lock, so a value or array received from another process with any other lock is
+//!   refused.
 //! - Atomics synchronize themselves: a `Value<AtomicU64>` has no lock and derefs to the
 //!   atomic; an `Array<AtomicU32>` derefs to `[AtomicU32]`.
 //! - [`RawValue`] and [`RawArray`] have no lock: their plain-data accesses are `unsafe`

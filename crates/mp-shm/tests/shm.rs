@@ -113,6 +113,22 @@ fn create_untracked(name: String) -> bool {
         .is_ok()
 }
 
+/// What another process can do to data whose guard the parent holds: release its lock,
+/// wait on a condition over it, take the lock. (release, wait, took it)
+fn release_a_guarded_lock(
+    v: Value<i32>,
+    a: Array<u8>,
+    cond: mp_sync::Condition,
+) -> (String, String, String, bool) {
+    let release_v = format!("{:?}", v.get_lock().map(|l| l.release()));
+    let release_a = format!("{:?}", a.get_lock().map(|l| l.release()));
+    let wait = format!("{:?}", cond.wait(Some(Duration::ZERO)));
+    let took = v
+        .get_lock()
+        .is_some_and(|l| !matches!(l.try_lock(), Ok(None)));
+    (release_v, release_a, wait, took)
+}
+
 fn dev_shm() -> BTreeSet<String> {
     std::fs::read_dir("/dev/shm")
         .into_iter()
@@ -263,6 +279,11 @@ fn holder_killed_does_not_deadlock() -> R {
     }
     p.kill()?;
     let _ = p.join();
+    let r = v.get_lock().map(|l| l.release());
+    ensure(
+        matches!(r, Some(Err(mp_sync::SyncError::GuardHeld))),
+        format!("a dead guard's lock is recovered by taking it, not released: {r:?}"),
+    )?;
     match v.lock() {
         Err(died) => {
             let mut g = died.into_inner();
@@ -272,6 +293,109 @@ fn holder_killed_does_not_deadlock() -> R {
         Ok(_) => return Err("expected OwnerDied".into()),
     }
     ensure(v.get()? == 100, "usable after recovery")
+}
+
+fn data_lock_is_released_only_by_its_guard() -> R {
+    let lock = mp_sync::Lock::new()?;
+    let v = Value::with_lock(5i32, lock.clone())?;
+    let a = Array::<u8>::with_lock(4, lock.clone())?;
+    let cond = mp_sync::Condition::with_lock(lock.clone())?;
+    // The sequence, in one thread: the lock's release must not free the guard's.
+    let mut g1 = v.lock().map_err(|_| "fresh lock")?;
+    let r = v.get_lock().map(|l| l.release());
+    ensure(
+        matches!(r, Some(Err(mp_sync::SyncError::GuardHeld))),
+        format!("release under a live guard: {r:?}"),
+    )?;
+    // Another thread: no release, no wait on a condition over the lock, no second guard.
+    let (v2, c2) = (v.clone(), cond.clone());
+    let (release, wait, second) = std::thread::spawn(move || {
+        (
+            format!("{:?}", v2.get_lock().map(|l| l.release())),
+            format!("{:?}", c2.wait(Some(Duration::ZERO))),
+            v2.get_lock()
+                .is_some_and(|l| !matches!(l.try_lock(), Ok(None))),
+        )
+    })
+    .join()
+    .map_err(|_| "thread panicked")?;
+    ensure(
+        release == "Some(Err(GuardHeld))" && wait == "Err(NotOwner)" && !second,
+        format!("another thread: release {release}, wait {wait}, second guard {second}"),
+    )?;
+    // This thread, through the condition: wait would release the guard's lock.
+    let r = cond.wait(Some(Duration::ZERO));
+    ensure(
+        matches!(r, Err(mp_sync::SyncError::GuardHeld)),
+        format!("wait under a live guard: {r:?}"),
+    )?;
+    // Another process.
+    let (release_v, release_a, wait, took) =
+        Process::new(release_a_guarded_lock, (v.clone(), a.clone(), cond.clone()))
+            .start()?
+            .join()?;
+    ensure(
+        release_v == "Some(Err(GuardHeld))"
+            && release_a == "Some(Err(GuardHeld))"
+            && wait == "Err(NotOwner)"
+            && !took,
+        format!("in a child: release {release_v} / {release_a}, wait {wait}, took {took}"),
+    )?;
+    *g1 += 1;
+    drop(g1);
+    ensure(!lock.locked() && v.get()? == 6, "the guard released it")
+}
+
+fn a_lock_that_is_not_the_datas_is_refused() -> R {
+    // Swapping the lock's fd for another lock's in a value's wire form would give two
+    // locks over one datum (two guards, two `&mut`): refused on receipt.
+    for own_lock in [true, false] {
+        let v = if own_lock {
+            Value::new(1u64)?
+        } else {
+            Value::with_lock(1u64, mp_sync::Lock::new()?)?
+        };
+        let (bytes, mut fds) = mp_core::handles::encode(&v)?;
+        let (_, other) = mp_core::handles::encode(&mp_sync::Lock::new()?)?;
+        ensure(fds.len() == 2, format!("{} fds", fds.len()))?;
+        fds.truncate(1);
+        fds.extend(other);
+        let forged = mp_core::handles::decode::<Value<u64>>(&bytes, fds);
+        if let Ok(forged) = forged {
+            let g1 = v.lock();
+            let g2 = forged.lock();
+            return Err(format!(
+                "decoded with another lock: two guards at once ({}, {})",
+                g1.is_ok(),
+                g2.is_ok()
+            )
+            .into());
+        }
+        // An array too, and a value with no lock at all (a RawValue's memory).
+        let a = Array::<u8>::new(3)?;
+        let (bytes, mut fds) = mp_core::handles::encode(&a)?;
+        let (_, other) = mp_core::handles::encode(&mp_sync::Lock::new()?)?;
+        fds.truncate(1);
+        fds.extend(other);
+        ensure(
+            mp_core::handles::decode::<Array<u8>>(&bytes, fds).is_err(),
+            "an array decoded with another lock",
+        )?;
+        let raw = RawValue::new(1u64)?;
+        let (_, raw_fds) = mp_core::handles::encode(&raw)?;
+        let (bytes, fds) = mp_core::handles::encode(&v)?;
+        let mut swapped = raw_fds;
+        swapped.extend(fds.into_iter().skip(1));
+        ensure(
+            mp_core::handles::decode::<Value<u64>>(&bytes, swapped).is_err(),
+            "a raw value's memory decoded as a locked value",
+        )?;
+    }
+    // The genuine pair still travels.
+    let v = Value::new(9u64)?;
+    let (bytes, fds) = mp_core::handles::encode(&v)?;
+    let back = mp_core::handles::decode::<Value<u64>>(&bytes, fds)?;
+    ensure(back.get()? == 9, "genuine value decoded")
 }
 
 fn nothing_left_in_dev_shm() -> R {
@@ -427,6 +551,14 @@ fn main() {
             holder_killed_does_not_deadlock,
         ),
         t("nothing_left_in_dev_shm", nothing_left_in_dev_shm),
+        t(
+            "data_lock_is_released_only_by_its_guard",
+            data_lock_is_released_only_by_its_guard,
+        ),
+        t(
+            "a_lock_that_is_not_the_datas_is_refused",
+            a_lock_that_is_not_the_datas_is_refused,
+        ),
         t("type_checked_on_receipt", type_checked_on_receipt),
         t(
             "named_segment_travels_by_name",
