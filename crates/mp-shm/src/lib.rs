@@ -50,6 +50,7 @@ mod cell;
 mod element;
 mod error;
 mod named;
+mod tracker;
 mod value;
 
 pub use array::{Array, ArrayGuard, RawArray};

@@ -129,6 +129,186 @@ fn release_a_guarded_lock(
     (release_v, release_a, wait, took)
 }
 
+/// The pids of this process's children (the tracker is the only one a fresh child
+/// process has).
+fn my_children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut kids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Field 4 (ppid) comes after the command name, which ends at the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(me) {
+            kids.push(pid);
+        }
+    }
+    kids
+}
+
+/// A hex mask line (`SigBlk`, `ShdPnd` ...) of `/proc/<pid>/status`.
+fn status_mask(pid: u32, key: &str) -> Result<u64, String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| format!("no {key} for {pid}"))
+}
+
+fn sig_bit(sig: i32) -> u64 {
+    1 << (sig - 1)
+}
+
+/// Waits (bounded) until process `pid` exits, through a pidfd: true if it did.
+fn wait_exit(pid: u32, within: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    let fd = match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return true,
+        Err(_) => return false,
+    };
+    let end = Instant::now() + within;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        let t = Timespec::try_from(left).ok();
+        match poll(&mut fds, t.as_ref()) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Creates a segment from a thread named `shm-creator`, then reports on this process's
+/// tracker: (pid, its name, SigBlk, ShdPnd after SIGINT and SIGTERM were sent to it).
+fn tracker_facts(name: String) -> Result<(u32, String, u64, u64), String> {
+    let made = std::thread::Builder::new()
+        .name("shm-creator".into())
+        .spawn(move || SharedMemory::create(Some(&name), 4096).map(SharedMemory::close))
+        .map_err(|e| e.to_string())?
+        .join()
+        .map_err(|_| "creator panicked".to_string())?;
+    made.map_err(|e| format!("create: {e}"))?;
+    let kids = my_children();
+    let [tracker] = kids[..] else {
+        return Err(format!("children: {kids:?}"));
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{tracker}/comm"))
+        .map_err(|e| e.to_string())?
+        .trim()
+        .to_string();
+    let blocked = status_mask(tracker, "SigBlk")?;
+    let pid = rustix::process::Pid::from_raw(tracker as i32).ok_or("pid 0")?;
+    for sig in [rustix::process::Signal::INT, rustix::process::Signal::TERM] {
+        rustix::process::kill_process(pid, sig).map_err(|e| e.to_string())?;
+    }
+    let pending = status_mask(tracker, "ShdPnd")?;
+    Ok((tracker, comm, blocked, pending))
+}
+
+/// Creates `a`, kills the tracker with SIGKILL, then creates `b`; returns the old
+/// tracker's pid and the pid of the one that serves `b`.
+fn kill_tracker_then_create(a: String, b: String) -> Result<(u32, u32), String> {
+    SharedMemory::create(Some(&a), 4096).map_err(|e| format!("create {a}: {e}"))?;
+    let kids = my_children();
+    let [old] = kids[..] else {
+        return Err(format!("children: {kids:?}"));
+    };
+    let pid = rustix::process::Pid::from_raw(old as i32).ok_or("pid 0")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).map_err(|e| e.to_string())?;
+    if !wait_exit(old, Duration::from_secs(30)) {
+        return Err("the tracker did not die".into());
+    }
+    SharedMemory::create(Some(&b), 4096)
+        .map_err(|e| format!("create {b} after the tracker died: {e}"))?;
+    let live: Vec<u32> = my_children().into_iter().filter(|&k| k != old).collect();
+    let [new] = live[..] else {
+        return Err(format!("live children: {live:?}"));
+    };
+    Ok((old, new))
+}
+
+/// With `getrandom` failing (a seccomp filter on this process), creates two segments
+/// with random names; reports what each create returned.
+fn create_without_randomness() -> String {
+    // SAFETY: installs a seccomp filter on this thread (inherited by its children): a
+    // four-instruction BPF program that fails getrandom with EPERM and allows the rest.
+    // The program lives on the stack for the duration of the prctl call, which copies it.
+    let installed = unsafe {
+        let mut filter = [
+            libc::sock_filter {
+                code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: libc::SYS_getrandom as u32,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ALLOW,
+            },
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_mut_ptr(),
+        };
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            ) == 0
+    };
+    if !installed {
+        return format!("seccomp: {}", std::io::Error::last_os_error());
+    }
+    let (mut out, mut made) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        out.push(match SharedMemory::create(None, 4096) {
+            Ok(s) => {
+                let r = format!("Ok({})", s.name());
+                made.push(s);
+                r
+            }
+            Err(e) => format!("Err({e})"),
+        });
+    }
+    for s in made {
+        let _ = s.unlink();
+    }
+    out.join(" / ")
+}
+
 fn dev_shm() -> BTreeSet<String> {
     std::fs::read_dir("/dev/shm")
         .into_iter()
@@ -513,6 +693,88 @@ fn creator_killed_leaves_no_segment() -> R {
     )
 }
 
+fn tracker_is_exec_started_with_signals_blocked() -> R {
+    let name = unique("tracker_start");
+    let (tracker, comm, blocked, pending) = Process::new(tracker_facts, (name.clone(),))
+        .start()?
+        .join()??;
+    let (int, term) = (sig_bit(libc::SIGINT), sig_bit(libc::SIGTERM));
+    ensure(
+        comm != "shm-creator",
+        "the tracker was forked from the creating thread (it carries its name), not started by exec",
+    )?;
+    ensure(
+        blocked & int != 0 && blocked & term != 0,
+        format!("SIGINT and SIGTERM not blocked in the tracker: SigBlk {blocked:x}"),
+    )?;
+    ensure(
+        pending & int != 0 && pending & term != 0,
+        format!("SIGINT and SIGTERM sent right after start were not held pending: {pending:x}"),
+    )?;
+    // Still serving: its creator is gone, so it cleans up and leaves.
+    ensure(
+        wait_exit(tracker, Duration::from_secs(30)),
+        "the tracker outlived its creator",
+    )?;
+    ensure(
+        !std::path::Path::new("/dev/shm").join(&name).exists(),
+        "segment removed by the tracker after its creator exited",
+    )
+}
+
+fn a_dead_tracker_is_replaced_and_nothing_leaks() -> R {
+    let (a, b) = (unique("before_death"), unique("after_death"));
+    let r = Process::new(kill_tracker_then_create, (a.clone(), b.clone()))
+        .start()?
+        .join()?;
+    let cleanup = || {
+        for n in [&a, &b] {
+            let _ = rustix::shm::unlink(format!("/{n}").as_str());
+        }
+    };
+    let (old, new) = match r {
+        Ok(pids) => pids,
+        Err(e) => {
+            let left: Vec<_> = [&a, &b]
+                .into_iter()
+                .filter(|n| std::path::Path::new("/dev/shm").join(n).exists())
+                .collect();
+            cleanup();
+            return Err(format!("{e}; left in /dev/shm: {left:?}").into());
+        }
+    };
+    ensure(old != new, "a new tracker")?;
+    ensure(
+        wait_exit(new, Duration::from_secs(30)),
+        "the new tracker outlived its creator",
+    )?;
+    let left: Vec<_> = [&a, &b]
+        .into_iter()
+        .filter(|n| std::path::Path::new("/dev/shm").join(n).exists())
+        .collect();
+    cleanup();
+    ensure(left.is_empty(), format!("segments left behind: {left:?}"))
+}
+
+fn random_names_fail_without_randomness() -> R {
+    let mut p = Process::new(create_without_randomness, ()).start()?;
+    let r = p.join_timeout(Duration::from_secs(30));
+    let _ = rustix::shm::unlink("/mp_0000000000000000");
+    let out = match r {
+        Ok(out) => out,
+        Err(mp_process::ProcessError::Timeout(_)) => {
+            let _ = p.kill();
+            let _ = p.join();
+            return Err("create(None) looped for ever with getrandom failing".into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    ensure(
+        out.starts_with("Err(") && out.contains(" / Err("),
+        format!("creates with getrandom failing: {out}"),
+    )
+}
+
 fn untracked_segment_outlives_its_creator() -> R {
     let name = unique("untracked");
     ensure(
@@ -571,6 +833,18 @@ fn main() {
         t(
             "untracked_segment_outlives_its_creator",
             untracked_segment_outlives_its_creator,
+        ),
+        t(
+            "tracker_is_exec_started_with_signals_blocked",
+            tracker_is_exec_started_with_signals_blocked,
+        ),
+        t(
+            "a_dead_tracker_is_replaced_and_nothing_leaks",
+            a_dead_tracker_is_replaced_and_nothing_leaks,
+        ),
+        t(
+            "random_names_fail_without_randomness",
+            random_names_fail_without_randomness,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();
