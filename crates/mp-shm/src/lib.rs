@@ -40,8 +40,21 @@
 //! # Where the memory lives
 //! Values and arrays live in sealed memfd regions that travel as fds
 //! ([`mp_core::SharedRegion`]): nothing is ever left in `/dev/shm`, whatever happens to
-//! the processes. A receiver checks the type (a hash of its name and its size) and the
-//! length against a header in the region, so a mismatch is an error, not a misread.
+//! the processes. A receiver checks the type (a hash of its name and its size), the
+//! length and the lock against a header in the region, so a mismatch is an error, not a
+//! misread and never a second lock over the same data.
+//!
+//! # Helper process, fds and fork
+//! The first named segment a process creates starts its tracker, a helper process
+//! started by exec of `/proc/self/exe` (never by forking a process that may have
+//! threads), recognised before `main` by a hook in this crate: no call from `main` is
+//! needed. The tracker blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT from its first
+//! instruction and runs in a session of its own, so a Ctrl-C aimed at the program does
+//! not kill it before it cleans up. The creator's end of its socket is close-on-exec;
+//! a forked child does not use its parent's tracker (it forgets it, closing nothing,
+//! and starts its own at its first create). A value or an array holds the fds of its
+//! memfd regions (its data's and its lock's), close-on-exec, as every
+//! [`mp_core::SharedRegion`] does.
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

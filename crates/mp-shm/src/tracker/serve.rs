@@ -46,6 +46,20 @@ fn valid(name: &[u8]) -> bool {
     !name.is_empty() && name.len() <= 250 && !name.contains(&b'/') && !name.contains(&0)
 }
 
+/// Applies one message to the list of registered segments; anything malformed is
+/// skipped.
+fn apply(names: &mut Vec<Vec<u8>>, msg: &[u8]) {
+    match msg.split_first() {
+        Some((&ADD, name)) if valid(name) => names.push(name.to_vec()),
+        Some((&REMOVE, name)) => {
+            if let Some(i) = names.iter().rposition(|n| n == name) {
+                names.swap_remove(i);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn serve() -> ! {
     // SAFETY: this fresh process keeps stdio and its socket and closes every other fd
     // it inherited (the spawning process's fds without close-on-exec): no object of this
@@ -72,17 +86,8 @@ fn serve() -> ! {
         match recv(sock, &mut buf[..], RecvFlags::TRUNC) {
             Ok((0, _)) => break,
             Ok((n, full)) => {
-                let Some(msg) = buf.get(..n).filter(|_| full == n) else {
-                    continue;
-                };
-                match msg.split_first() {
-                    Some((&ADD, name)) if valid(name) => names.push(name.to_vec()),
-                    Some((&REMOVE, name)) => {
-                        if let Some(i) = names.iter().rposition(|n| n == name) {
-                            names.swap_remove(i);
-                        }
-                    }
-                    _ => {}
+                if let Some(msg) = buf.get(..n).filter(|_| full == n) {
+                    apply(&mut names, msg);
                 }
             }
             Err(rustix::io::Errno::INTR) => {}
@@ -99,4 +104,45 @@ fn serve() -> ! {
     }
     // SAFETY: leave at once, running no destructor or handler of the program.
     unsafe { libc::_exit(0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_add_remove_and_skip_garbage() {
+        let mut names = Vec::new();
+        apply(&mut names, b"+a");
+        apply(&mut names, b"+b");
+        apply(&mut names, b"+a");
+        apply(&mut names, b"-a");
+        assert_eq!(names.len(), 2, "one of the two registrations of a remains");
+        for bad in [
+            &b""[..],
+            b"+",
+            b"+x/y",
+            b"+x\0",
+            b"?z",
+            b"-nope",
+            &[b'+'; 300][..],
+        ] {
+            apply(&mut names, bad);
+        }
+        assert_eq!(names.len(), 2, "malformed messages change nothing");
+        // Any bytes: no panic, only valid names kept.
+        let mut x: u32 = 0x9e37_79b9;
+        for len in 0..400 {
+            let msg: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            apply(&mut names, &msg);
+        }
+        assert!(names.iter().all(|n| valid(n)));
+    }
 }
