@@ -111,8 +111,9 @@ impl Lock {
         (a, me)
     }
 
-    /// Runs `release` (which returns whether it released the word), then forgets the
-    /// owner thread seen before, unless a new holder recorded itself meanwhile.
+    /// For a release that may come from another thread than the holder's: runs
+    /// `release` (which returns whether it released the word), then forgets the owner
+    /// thread seen before, unless a new holder recorded itself meanwhile.
     #[inline]
     fn release_with(&self, release: impl FnOnce() -> bool) -> bool {
         let seen = self.owner().load(Ordering::Relaxed);
@@ -181,12 +182,12 @@ impl Lock {
     /// Python). A free lock is [`SyncError::NotHeld`]; a lock held through a guard is
     /// [`SyncError::GuardHeld`] (only the guard releases it). Neither changes anything.
     pub fn release(&self) -> Result<(), SyncError> {
-        let mut outcome = Released::Free;
-        self.release_with(|| {
-            outcome = self.raw().release_unguarded();
-            outcome == Released::Yes
-        });
-        match outcome {
+        // The owner record is cleared before the word is freed (the release publishes
+        // it), so the next holder never shows a stale owner.
+        match self
+            .raw()
+            .release_unguarded(|| self.owner().store(0, Ordering::Relaxed))
+        {
             Released::Yes => Ok(()),
             Released::Free => Err(SyncError::NotHeld),
             Released::Guarded => Err(SyncError::GuardHeld),
@@ -283,8 +284,12 @@ impl LockGuard<'_> {
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
         // No one else releases a guard-held lock, so the word is still `me` (unless an
-        // `unsafe` force_unlock broke that contract: then this releases nothing).
-        self.lock.release_if_held_by(self.me);
+        // `unsafe` force_unlock broke that contract: then this releases nothing). The
+        // owner record goes first, published by the release.
+        if self.lock.raw().holder() == self.me {
+            self.lock.owner().store(0, Ordering::Relaxed);
+            self.lock.raw().release_if(self.me);
+        }
     }
 }
 

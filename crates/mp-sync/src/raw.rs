@@ -188,9 +188,11 @@ impl RawLock {
             .is_ok()
     }
 
-    /// Releases the lock unless it is free or held through a guard.
+    /// Releases the lock unless it is free or held through a guard. `before` runs
+    /// before each attempt to free the word (so what it writes is published by the
+    /// release).
     #[inline]
-    pub(crate) fn release_unguarded(&self) -> Released {
+    pub(crate) fn release_unguarded(&self, before: impl Fn()) -> Released {
         let mut cur = self.word.load(Ordering::Relaxed);
         loop {
             if cur == 0 {
@@ -199,6 +201,7 @@ impl RawLock {
             if cur & GUARDED != 0 {
                 return Released::Guarded;
             }
+            before();
             match self
                 .word
                 .compare_exchange_weak(cur, 0, Ordering::Release, Ordering::Relaxed)
@@ -312,13 +315,13 @@ mod tests {
         let l = raw();
         let me = process_id() | GUARDED;
         assert_eq!(l.acquire(me, false, Deadline::NEVER), Acquired::Yes);
-        assert_eq!(l.release_unguarded(), Released::Guarded);
+        assert_eq!(l.release_unguarded(|| {}), Released::Guarded);
         assert_eq!(l.holder(), me);
         assert!(!l.unguard(me & !GUARDED), "a plain id unguards nothing");
         assert!(l.unguard(me));
         assert_eq!(l.holder(), me & !GUARDED);
-        assert_eq!(l.release_unguarded(), Released::Yes);
-        assert_eq!(l.release_unguarded(), Released::Free);
+        assert_eq!(l.release_unguarded(|| {}), Released::Yes);
+        assert_eq!(l.release_unguarded(|| {}), Released::Free);
     }
 
     #[test]
