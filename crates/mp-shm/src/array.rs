@@ -72,7 +72,7 @@ impl<T: Element> Array<T> {
             Some(Lock::new()?)
         };
         Ok(Array {
-            cells: Cells::zeroed(len)?,
+            cells: Cells::zeroed(len, lock.as_ref())?,
             lock,
         })
     }
@@ -80,7 +80,7 @@ impl<T: Element> Array<T> {
     /// `len` zeroed elements guarded by a lock of yours.
     pub fn with_lock(len: usize, lock: Lock) -> Result<Self, ShmError> {
         Ok(Array {
-            cells: Cells::zeroed(len)?,
+            cells: Cells::zeroed(len, Some(&lock))?,
             lock: Some(lock),
         })
     }
@@ -229,14 +229,19 @@ pub struct ArrayGuard<'a, T> {
 impl<T> Deref for ArrayGuard<'_, T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        // SAFETY: the lock is held, and every process touches the elements only under it.
+        // SAFETY: this guard holds the lock, and only it can release it (a guard-held
+        // Lock refuses every other release; `force_unlock` is `unsafe`). Every handle of
+        // this memory reaches the elements only through a guard of that same lock: the
+        // memory's header names the lock, checked whenever a handle arrives from
+        // another process. So no other reference to the elements exists meanwhile.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
 impl<T> DerefMut for ArrayGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        // SAFETY: as above, and `&mut self` makes this the only reference here.
+        // SAFETY: as above, and `&mut self` makes this the only reference through
+        // this guard.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
@@ -264,7 +269,7 @@ impl<T: Element> RawArray<T> {
     /// `len` zeroed elements, with no lock.
     pub fn new(len: usize) -> Result<Self, ShmError> {
         Ok(RawArray {
-            cells: Cells::zeroed(len)?,
+            cells: Cells::zeroed(len, None)?,
         })
     }
 

@@ -1,13 +1,19 @@
 //! The memory under a Value or an Array: a memfd region holding a small header (which
-//! type, how many) and then the elements, 64-byte aligned.
+//! type, how many, which lock guards them) and then the elements, 64-byte aligned.
+//!
+//! The header names the lock (its memory's identity, see `Lock::memory_id`), so data
+//! and lock that arrive from another process are checked to belong together: a wire
+//! form whose lock fd was swapped for another lock's would give two locks over one
+//! datum, hence two guards and two `&mut` to the same memory.
 use crate::{Element, ShmError};
 use mp_core::SharedRegion;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-const MAGIC: u64 = 0x6d70_7368_6d76_0001; // "mpshmv" v1
+const MAGIC: u64 = 0x6d70_7368_6d76_0002; // "mpshmv" v2
 const DATA: usize = 64;
+const _: () = assert!(std::mem::size_of::<Header>() <= DATA);
 
 #[repr(C)]
 struct Header {
@@ -15,6 +21,13 @@ struct Header {
     type_hash: u64,
     elem_size: u64,
     len: u64,
+    /// `Lock::memory_id` of the lock that guards the elements; zeros for none.
+    lock: [u64; 2],
+}
+
+/// The identity a header records for `lock`.
+fn lock_id(lock: Option<&mp_sync::Lock>) -> [u64; 2] {
+    lock.map_or([0, 0], mp_sync::Lock::memory_id)
 }
 
 fn type_hash<T>() -> u64 {
@@ -30,6 +43,8 @@ fn type_hash<T>() -> u64 {
 pub(crate) struct Cells<T> {
     region: Arc<SharedRegion>,
     len: usize,
+    /// The header's lock identity (the header is never written after creation).
+    lock: [u64; 2],
     _t: PhantomData<T>,
 }
 
@@ -38,14 +53,16 @@ impl<T> Clone for Cells<T> {
         Cells {
             region: self.region.clone(),
             len: self.len,
+            lock: self.lock,
             _t: PhantomData,
         }
     }
 }
 
 impl<T: Element> Cells<T> {
-    /// Zero-filled cells (zero is a valid `T`, by `Element`'s contract).
-    pub(crate) fn zeroed(len: usize) -> Result<Self, ShmError> {
+    /// Zero-filled cells (zero is a valid `T`, by `Element`'s contract), guarded by
+    /// `lock` (none: raw memory, or atomics).
+    pub(crate) fn zeroed(len: usize, lock: Option<&mp_sync::Lock>) -> Result<Self, ShmError> {
         const {
             assert!(
                 std::mem::align_of::<T>() <= DATA,
@@ -62,13 +79,16 @@ impl<T: Element> Cells<T> {
             type_hash: type_hash::<T>(),
             elem_size: std::mem::size_of::<T>() as u64,
             len: len as u64,
+            lock: lock_id(lock),
         };
+        let lock = header.lock;
         // SAFETY: the region is at least DATA (64) bytes, page-aligned, and fresh: no
         // one else can see it yet.
         unsafe { region.as_ptr().cast::<Header>().write(header) };
         Ok(Cells {
             region: Arc::new(region),
             len,
+            lock,
             _t: PhantomData,
         })
     }
@@ -98,6 +118,7 @@ impl<T: Element> Cells<T> {
         Ok(Cells {
             region: Arc::new(region),
             len,
+            lock: h.lock,
             _t: PhantomData,
         })
     }
@@ -127,8 +148,8 @@ impl<'de, T: Element> Deserialize<'de> for Cells<T> {
 }
 
 /// Receives the memory and the lock of a `Value` or an `Array` (`W`, for the error):
-/// plain data must arrive with its lock (atomics need none), and `len_ok` checks the
-/// element count.
+/// plain data must arrive with the very lock its header names (atomics need none), and
+/// `len_ok` checks the element count.
 pub(crate) fn receive_locked<'de, D, T, W>(
     d: D,
     len_ok: impl Fn(usize) -> bool,
@@ -144,7 +165,10 @@ where
         lock: Option<mp_sync::Lock>,
     }
     let w = Wire::<T>::deserialize(d)?;
-    if !len_ok(w.cells.len()) || (w.lock.is_none() && !T::LOCK_FREE) {
+    if !len_ok(w.cells.len())
+        || (w.lock.is_none() && !T::LOCK_FREE)
+        || w.cells.lock != lock_id(w.lock.as_ref())
+    {
         return Err(mp_core::handles::decode_error(ShmError::TypeMismatch {
             expected: std::any::type_name::<W>(),
         }));

@@ -22,6 +22,11 @@
 //!   (its own, or one you give). Every safe access takes it: `get`, `set`, `update`,
 //!   `read`, `write`, or `lock()` for a guard that derefs to `&mut T` / `&mut [T]`. So
 //!   the safe API cannot race: two processes never touch the data at the same time.
+//!   The lock a guard holds is released only by that guard: `get_lock()`'s `release()`
+//!   is refused meanwhile ([`mp_sync::SyncError::GuardHeld`]), and so is a
+//!   `Condition::wait` over it; `Lock::force_unlock` is `unsafe`. The memory names its
+//!   lock, so a value or array received from another process with any other lock is
+//!   refused.
 //! - Atomics synchronize themselves: a `Value<AtomicU64>` has no lock and derefs to the
 //!   atomic; an `Array<AtomicU32>` derefs to `[AtomicU32]`.
 //! - [`RawValue`] and [`RawArray`] have no lock: their plain-data accesses are `unsafe`
@@ -35,8 +40,21 @@
 //! # Where the memory lives
 //! Values and arrays live in sealed memfd regions that travel as fds
 //! ([`mp_core::SharedRegion`]): nothing is ever left in `/dev/shm`, whatever happens to
-//! the processes. A receiver checks the type (a hash of its name and its size) and the
-//! length against a header in the region, so a mismatch is an error, not a misread.
+//! the processes. A receiver checks the type (a hash of its name and its size), the
+//! length and the lock against a header in the region, so a mismatch is an error, not a
+//! misread and never a second lock over the same data.
+//!
+//! # Helper process, fds and fork
+//! The first named segment a process creates starts its tracker, a helper process
+//! started by exec of `/proc/self/exe` (never by forking a process that may have
+//! threads), recognised before `main` by a hook in this crate: no call from `main` is
+//! needed. The tracker blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT from its first
+//! instruction and runs in a session of its own, so a Ctrl-C aimed at the program does
+//! not kill it before it cleans up. The creator's end of its socket is close-on-exec;
+//! a forked child does not use its parent's tracker (it forgets it, closing nothing,
+//! and starts its own at its first create). A value or an array holds the fds of its
+//! memfd regions (its data's and its lock's), close-on-exec, as every
+//! [`mp_core::SharedRegion`] does.
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -45,6 +63,7 @@ mod cell;
 mod element;
 mod error;
 mod named;
+mod tracker;
 mod value;
 
 pub use array::{Array, ArrayGuard, RawArray};

@@ -1,10 +1,10 @@
 //! Named segments (Python's `multiprocessing.shared_memory.SharedMemory`), built on the
 //! `shared_memory` crate, with a tracker that removes a segment whose creator died.
+use crate::tracker;
 use crate::ShmError;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shared_memory::{Shmem, ShmemConf, ShmemError};
 use std::sync::atomic::AtomicU8;
-use std::sync::Mutex;
 
 /// A named block of shared memory that any process can attach to by name (Python
 /// interoperates: the segment `foo` is `/dev/shm/foo`, `SharedMemory(name="foo")`).
@@ -17,6 +17,13 @@ use std::sync::Mutex;
 /// process of its own; when the creator exits, normally or killed with SIGKILL, the
 /// tracker unlinks every segment it created and did not unlink. A segment meant to
 /// outlive its creator is handed over with [`untrack`](SharedMemory::untrack).
+///
+/// The tracker is started by exec of `/proc/self/exe` (never by forking a process that
+/// may have threads), in a session of its own, with SIGINT, SIGTERM, SIGHUP and SIGQUIT
+/// blocked from its first instruction: it ends only when its creator is gone. A binary
+/// that links mp-shm recognises the tracker's start before `main`, so no call is needed
+/// from `main`. A tracker that dies is replaced at the next create, unlink or untrack,
+/// with a tracing warning, and told every segment still registered.
 ///
 /// **Access.** Another process may write the bytes at any time, so the safe view is
 /// [`as_atomic_bytes`](SharedMemory::as_atomic_bytes) (with [`read_at`](Self::read_at)
@@ -64,10 +71,30 @@ fn check_name(name: &str) -> Result<(), ShmError> {
     Ok(())
 }
 
-fn random_name() -> String {
+/// How many random names `create(None, ..)` tries before it gives up (each collides
+/// with an existing segment with probability about n / 2^64).
+const RANDOM_TRIES: u32 = 64;
+
+/// A random `mp_…` name; an error if the kernel gives no random bytes.
+fn random_name() -> Result<String, ShmError> {
     let mut b = [0u8; 8];
-    let _ = rustix::rand::getrandom(&mut b[..], rustix::rand::GetRandomFlags::empty());
-    format!("mp_{:016x}", u64::from_le_bytes(b))
+    let mut filled = 0;
+    while filled < b.len() {
+        match rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(0) => return Err(no_randomness(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(no_randomness(e.into())),
+        }
+    }
+    Ok(format!("mp_{:016x}", u64::from_le_bytes(b)))
+}
+
+fn no_randomness(e: std::io::Error) -> ShmError {
+    ShmError::Core(mp_core::Error::Io(std::io::Error::new(
+        e.kind(),
+        format!("no random bytes for a segment name: {e}"),
+    )))
 }
 
 impl SharedMemory {
@@ -79,20 +106,25 @@ impl SharedMemory {
                 "a shared memory segment cannot have size 0".into(),
             ));
         }
-        loop {
+        for _ in 0..RANDOM_TRIES {
             let n = match name {
                 Some(n) => n.to_string(),
-                None => random_name(),
+                None => random_name()?,
             };
             check_name(&n)?;
-            // The tracker runs before the name exists, so the window in which a creator
-            // killed right after creating would leak is a pipe write, not a fork.
+            // The tracker runs before the name exists, so a failure to start it leaves
+            // nothing behind, and the window in which a creator killed right after
+            // creating would leak is one message.
             tracker::ensure()?;
             match ShmemConf::new().os_id(format!("/{n}")).size(size).create() {
                 Ok(mut shmem) => {
                     // We unlink explicitly (Python's semantics), never on drop.
                     shmem.set_owner(false);
-                    tracker::register(&n)?;
+                    if let Err(e) = tracker::register(&n) {
+                        // Not tracked: nothing may be left behind on this error path.
+                        let _ = rustix::shm::unlink(format!("/{n}").as_str());
+                        return Err(e);
+                    }
                     return Ok(SharedMemory { name: n, shmem });
                 }
                 Err(ShmemError::MappingIdExists) if name.is_none() => continue,
@@ -100,6 +132,9 @@ impl SharedMemory {
                 Err(e) => return Err(ShmError::Invalid(e.to_string())),
             }
         }
+        Err(ShmError::Invalid(format!(
+            "{RANDOM_TRIES} random segment names were all taken"
+        )))
     }
 
     /// Attaches to the existing segment `name`; its real size is reported by
@@ -222,126 +257,5 @@ impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name = String::deserialize(d)?;
         SharedMemory::attach(&name).map_err(mp_core::handles::decode_error)
-    }
-}
-
-/// The per-process tracker: a forked helper that reads `+name` / `-name` lines from a
-/// pipe and, at end of file (its creator exited or was killed), unlinks what is left.
-mod tracker {
-    use super::*;
-    use std::os::fd::{AsRawFd, OwnedFd};
-
-    struct Tracker {
-        owner: u32,
-        pipe: OwnedFd,
-    }
-
-    static TRACKER: Mutex<Option<Tracker>> = Mutex::new(None);
-
-    fn send(t: &Tracker, line: &str) -> std::io::Result<()> {
-        let mut buf = line.as_bytes();
-        while !buf.is_empty() {
-            match rustix::io::write(&t.pipe, buf) {
-                Ok(n) => buf = &buf[n..],
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts this process's tracker if it has none.
-    pub(super) fn ensure() -> Result<(), ShmError> {
-        let mut g = TRACKER.lock().unwrap_or_else(|p| p.into_inner());
-        let me = std::process::id();
-        if g.as_ref().is_some_and(|t| t.owner != me) {
-            // Inherited through a fork: that pipe belongs to the parent (and a forked
-            // multiproc child has closed it); forget it without closing anything.
-            std::mem::forget(g.take());
-        }
-        if g.is_none() {
-            *g = Some(start(me)?);
-        }
-        Ok(())
-    }
-
-    pub(super) fn register(name: &str) -> Result<(), ShmError> {
-        ensure()?;
-        let g = TRACKER.lock().unwrap_or_else(|p| p.into_inner());
-        match g.as_ref() {
-            Some(t) => send(t, &format!("+{name}\n")).map_err(ShmError::from),
-            None => Ok(()),
-        }
-    }
-
-    pub(super) fn unregister(name: &str) {
-        let g = TRACKER.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = g.as_ref().filter(|t| t.owner == std::process::id()) {
-            let _ = send(t, &format!("-{name}\n"));
-        }
-    }
-
-    fn start(owner: u32) -> Result<Tracker, ShmError> {
-        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        // SAFETY: the child runs only `serve`: raw reads, a Vec of names, shm_unlink and
-        // _exit. glibc's fork leaves malloc usable in the child even if other threads
-        // held its locks; no other lock is touched there.
-        match unsafe { libc::fork() } {
-            -1 => Err(std::io::Error::last_os_error().into()),
-            0 => serve(read),
-            _ => Ok(Tracker { owner, pipe: write }),
-        }
-    }
-
-    fn serve(read: OwnedFd) -> ! {
-        let fd = read.as_raw_fd();
-        // SAFETY: in the forked tracker: keep stdio and the pipe's read end, close every
-        // other fd (the parent's copies, the write end included, so end of file comes
-        // when the creator's own copy closes); ignore the terminal's signals, as
-        // Python's resource tracker does. Nothing in this process owns the closed fds.
-        unsafe {
-            if fd > 3 {
-                libc::syscall(
-                    libc::SYS_close_range,
-                    3 as libc::c_uint,
-                    (fd - 1) as libc::c_uint,
-                    0 as libc::c_uint,
-                );
-            }
-            libc::syscall(
-                libc::SYS_close_range,
-                (fd + 1) as libc::c_uint,
-                libc::c_uint::MAX,
-                0 as libc::c_uint,
-            );
-            libc::signal(libc::SIGINT, libc::SIG_IGN);
-            libc::signal(libc::SIGTERM, libc::SIG_IGN);
-            libc::setsid();
-        }
-        let mut names: Vec<String> = Vec::new();
-        let mut pending: Vec<u8> = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match rustix::io::read(&read, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => pending.extend_from_slice(&buf[..n]),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => break,
-            }
-            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=pos).collect();
-                let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-                match text.split_at_checked(1) {
-                    Some(("+", n)) => names.push(n.to_string()),
-                    Some(("-", n)) => names.retain(|x| x != n),
-                    _ => {}
-                }
-            }
-        }
-        for n in names {
-            let _ = rustix::shm::unlink(format!("/{n}").as_str());
-        }
-        // SAFETY: leave at once, running no destructor or handler copied from the parent.
-        unsafe { libc::_exit(0) }
     }
 }

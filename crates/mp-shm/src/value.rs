@@ -69,7 +69,7 @@ impl<T: Element> Value<T> {
             Some(Lock::new()?)
         };
         Ok(Value {
-            cells: Cells::zeroed(1)?,
+            cells: Cells::zeroed(1, lock.as_ref())?,
             lock,
         })
     }
@@ -80,7 +80,7 @@ impl<T: Element> Value<T> {
     }
 
     fn make(init: T, lock: Option<Lock>) -> Result<Self, ShmError> {
-        let cells = Cells::<T>::zeroed(1)?;
+        let cells = Cells::<T>::zeroed(1, lock.as_ref())?;
         // SAFETY: fresh memory for one T that no other handle can reach yet.
         unsafe { cells.ptr().write(init) };
         Ok(Value { cells, lock })
@@ -171,14 +171,19 @@ pub struct ValueGuard<'a, T> {
 impl<T> Deref for ValueGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: the lock is held, and every process writes the value only under it.
+        // SAFETY: this guard holds the lock, and only it can release it (a guard-held
+        // Lock refuses every other release; `force_unlock` is `unsafe`). Every handle of
+        // this memory reaches the value only through a guard of that same lock: the
+        // memory's header names the lock, checked whenever a handle arrives from
+        // another process. So no other reference to the value exists meanwhile.
         unsafe { &*self.ptr }
     }
 }
 
 impl<T> DerefMut for ValueGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: as above, and `&mut self` makes this the only reference here.
+        // SAFETY: as above, and `&mut self` makes this the only reference through
+        // this guard.
         unsafe { &mut *self.ptr }
     }
 }
@@ -205,7 +210,7 @@ impl<T: Element> Clone for RawValue<T> {
 impl<T: Element> RawValue<T> {
     /// A shared `init` with no lock.
     pub fn new(init: T) -> Result<Self, ShmError> {
-        let cells = Cells::<T>::zeroed(1)?;
+        let cells = Cells::<T>::zeroed(1, None)?;
         // SAFETY: fresh memory for one T that no other handle can reach yet.
         unsafe { cells.ptr().write(init) };
         Ok(RawValue { cells })

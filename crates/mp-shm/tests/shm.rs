@@ -113,6 +113,202 @@ fn create_untracked(name: String) -> bool {
         .is_ok()
 }
 
+/// What another process can do to data whose guard the parent holds: release its lock,
+/// wait on a condition over it, take the lock. (release, wait, took it)
+fn release_a_guarded_lock(
+    v: Value<i32>,
+    a: Array<u8>,
+    cond: mp_sync::Condition,
+) -> (String, String, String, bool) {
+    let release_v = format!("{:?}", v.get_lock().map(|l| l.release()));
+    let release_a = format!("{:?}", a.get_lock().map(|l| l.release()));
+    let wait = format!("{:?}", cond.wait(Some(Duration::ZERO)));
+    let took = v
+        .get_lock()
+        .is_some_and(|l| !matches!(l.try_lock(), Ok(None)));
+    (release_v, release_a, wait, took)
+}
+
+/// The pids of this process's children (the tracker is the only one a fresh child
+/// process has).
+fn my_children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut kids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Field 4 (ppid) comes after the command name, which ends at the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(me) {
+            kids.push(pid);
+        }
+    }
+    kids
+}
+
+/// A hex mask line (`SigBlk`, `ShdPnd` ...) of `/proc/<pid>/status`.
+fn status_mask(pid: u32, key: &str) -> Result<u64, String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| format!("no {key} for {pid}"))
+}
+
+fn sig_bit(sig: i32) -> u64 {
+    1 << (sig - 1)
+}
+
+/// Waits (bounded) until process `pid` exits, through a pidfd: true if it did.
+fn wait_exit(pid: u32, within: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    let fd = match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return true,
+        Err(_) => return false,
+    };
+    let end = Instant::now() + within;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        let t = Timespec::try_from(left).ok();
+        match poll(&mut fds, t.as_ref()) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Creates a segment from a thread named `shm-creator`, then reports on this process's
+/// tracker: (pid, its name, SigBlk, ShdPnd after SIGINT and SIGTERM were sent to it).
+fn tracker_facts(name: String) -> Result<(u32, String, u64, u64), String> {
+    let made = std::thread::Builder::new()
+        .name("shm-creator".into())
+        .spawn(move || SharedMemory::create(Some(&name), 4096).map(SharedMemory::close))
+        .map_err(|e| e.to_string())?
+        .join()
+        .map_err(|_| "creator panicked".to_string())?;
+    made.map_err(|e| format!("create: {e}"))?;
+    let kids = my_children();
+    let [tracker] = kids[..] else {
+        return Err(format!("children: {kids:?}"));
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{tracker}/comm"))
+        .map_err(|e| e.to_string())?
+        .trim()
+        .to_string();
+    let blocked = status_mask(tracker, "SigBlk")?;
+    let pid = rustix::process::Pid::from_raw(tracker as i32).ok_or("pid 0")?;
+    for sig in [rustix::process::Signal::INT, rustix::process::Signal::TERM] {
+        rustix::process::kill_process(pid, sig).map_err(|e| e.to_string())?;
+    }
+    let pending = status_mask(tracker, "ShdPnd")?;
+    Ok((tracker, comm, blocked, pending))
+}
+
+/// Creates `a`, kills the tracker with SIGKILL, then creates `b`; returns the old
+/// tracker's pid and the pid of the one that serves `b`.
+fn kill_tracker_then_create(a: String, b: String) -> Result<(u32, u32), String> {
+    SharedMemory::create(Some(&a), 4096).map_err(|e| format!("create {a}: {e}"))?;
+    let kids = my_children();
+    let [old] = kids[..] else {
+        return Err(format!("children: {kids:?}"));
+    };
+    let pid = rustix::process::Pid::from_raw(old as i32).ok_or("pid 0")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).map_err(|e| e.to_string())?;
+    if !wait_exit(old, Duration::from_secs(30)) {
+        return Err("the tracker did not die".into());
+    }
+    SharedMemory::create(Some(&b), 4096)
+        .map_err(|e| format!("create {b} after the tracker died: {e}"))?;
+    let live: Vec<u32> = my_children().into_iter().filter(|&k| k != old).collect();
+    let [new] = live[..] else {
+        return Err(format!("live children: {live:?}"));
+    };
+    Ok((old, new))
+}
+
+/// With `getrandom` failing (a seccomp filter on this process), creates two segments
+/// with random names; reports what each create returned.
+fn create_without_randomness() -> String {
+    // SAFETY: installs a seccomp filter on this thread (inherited by its children): a
+    // four-instruction BPF program that fails getrandom with EPERM and allows the rest.
+    // The program lives on the stack for the duration of the prctl call, which copies it.
+    let installed = unsafe {
+        let mut filter = [
+            libc::sock_filter {
+                code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: libc::SYS_getrandom as u32,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ALLOW,
+            },
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_mut_ptr(),
+        };
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            ) == 0
+    };
+    if !installed {
+        return format!("seccomp: {}", std::io::Error::last_os_error());
+    }
+    let (mut out, mut made) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        out.push(match SharedMemory::create(None, 4096) {
+            Ok(s) => {
+                let r = format!("Ok({})", s.name());
+                made.push(s);
+                r
+            }
+            Err(e) => format!("Err({e})"),
+        });
+    }
+    for s in made {
+        let _ = s.unlink();
+    }
+    out.join(" / ")
+}
+
 fn dev_shm() -> BTreeSet<String> {
     std::fs::read_dir("/dev/shm")
         .into_iter()
@@ -263,6 +459,11 @@ fn holder_killed_does_not_deadlock() -> R {
     }
     p.kill()?;
     let _ = p.join();
+    let r = v.get_lock().map(|l| l.release());
+    ensure(
+        matches!(r, Some(Err(mp_sync::SyncError::GuardHeld))),
+        format!("a dead guard's lock is recovered by taking it, not released: {r:?}"),
+    )?;
     match v.lock() {
         Err(died) => {
             let mut g = died.into_inner();
@@ -272,6 +473,109 @@ fn holder_killed_does_not_deadlock() -> R {
         Ok(_) => return Err("expected OwnerDied".into()),
     }
     ensure(v.get()? == 100, "usable after recovery")
+}
+
+fn data_lock_is_released_only_by_its_guard() -> R {
+    let lock = mp_sync::Lock::new()?;
+    let v = Value::with_lock(5i32, lock.clone())?;
+    let a = Array::<u8>::with_lock(4, lock.clone())?;
+    let cond = mp_sync::Condition::with_lock(lock.clone())?;
+    // The sequence, in one thread: the lock's release must not free the guard's.
+    let mut g1 = v.lock().map_err(|_| "fresh lock")?;
+    let r = v.get_lock().map(|l| l.release());
+    ensure(
+        matches!(r, Some(Err(mp_sync::SyncError::GuardHeld))),
+        format!("release under a live guard: {r:?}"),
+    )?;
+    // Another thread: no release, no wait on a condition over the lock, no second guard.
+    let (v2, c2) = (v.clone(), cond.clone());
+    let (release, wait, second) = std::thread::spawn(move || {
+        (
+            format!("{:?}", v2.get_lock().map(|l| l.release())),
+            format!("{:?}", c2.wait(Some(Duration::ZERO))),
+            v2.get_lock()
+                .is_some_and(|l| !matches!(l.try_lock(), Ok(None))),
+        )
+    })
+    .join()
+    .map_err(|_| "thread panicked")?;
+    ensure(
+        release == "Some(Err(GuardHeld))" && wait == "Err(NotOwner)" && !second,
+        format!("another thread: release {release}, wait {wait}, second guard {second}"),
+    )?;
+    // This thread, through the condition: wait would release the guard's lock.
+    let r = cond.wait(Some(Duration::ZERO));
+    ensure(
+        matches!(r, Err(mp_sync::SyncError::GuardHeld)),
+        format!("wait under a live guard: {r:?}"),
+    )?;
+    // Another process.
+    let (release_v, release_a, wait, took) =
+        Process::new(release_a_guarded_lock, (v.clone(), a.clone(), cond.clone()))
+            .start()?
+            .join()?;
+    ensure(
+        release_v == "Some(Err(GuardHeld))"
+            && release_a == "Some(Err(GuardHeld))"
+            && wait == "Err(NotOwner)"
+            && !took,
+        format!("in a child: release {release_v} / {release_a}, wait {wait}, took {took}"),
+    )?;
+    *g1 += 1;
+    drop(g1);
+    ensure(!lock.locked() && v.get()? == 6, "the guard released it")
+}
+
+fn a_lock_that_is_not_the_datas_is_refused() -> R {
+    // Swapping the lock's fd for another lock's in a value's wire form would give two
+    // locks over one datum (two guards, two `&mut`): refused on receipt.
+    for own_lock in [true, false] {
+        let v = if own_lock {
+            Value::new(1u64)?
+        } else {
+            Value::with_lock(1u64, mp_sync::Lock::new()?)?
+        };
+        let (bytes, mut fds) = mp_core::handles::encode(&v)?;
+        let (_, other) = mp_core::handles::encode(&mp_sync::Lock::new()?)?;
+        ensure(fds.len() == 2, format!("{} fds", fds.len()))?;
+        fds.truncate(1);
+        fds.extend(other);
+        let forged = mp_core::handles::decode::<Value<u64>>(&bytes, fds);
+        if let Ok(forged) = forged {
+            let g1 = v.lock();
+            let g2 = forged.lock();
+            return Err(format!(
+                "decoded with another lock: two guards at once ({}, {})",
+                g1.is_ok(),
+                g2.is_ok()
+            )
+            .into());
+        }
+        // An array too, and a value with no lock at all (a RawValue's memory).
+        let a = Array::<u8>::new(3)?;
+        let (bytes, mut fds) = mp_core::handles::encode(&a)?;
+        let (_, other) = mp_core::handles::encode(&mp_sync::Lock::new()?)?;
+        fds.truncate(1);
+        fds.extend(other);
+        ensure(
+            mp_core::handles::decode::<Array<u8>>(&bytes, fds).is_err(),
+            "an array decoded with another lock",
+        )?;
+        let raw = RawValue::new(1u64)?;
+        let (_, raw_fds) = mp_core::handles::encode(&raw)?;
+        let (bytes, fds) = mp_core::handles::encode(&v)?;
+        let mut swapped = raw_fds;
+        swapped.extend(fds.into_iter().skip(1));
+        ensure(
+            mp_core::handles::decode::<Value<u64>>(&bytes, swapped).is_err(),
+            "a raw value's memory decoded as a locked value",
+        )?;
+    }
+    // The genuine pair still travels.
+    let v = Value::new(9u64)?;
+    let (bytes, fds) = mp_core::handles::encode(&v)?;
+    let back = mp_core::handles::decode::<Value<u64>>(&bytes, fds)?;
+    ensure(back.get()? == 9, "genuine value decoded")
 }
 
 fn nothing_left_in_dev_shm() -> R {
@@ -389,6 +693,88 @@ fn creator_killed_leaves_no_segment() -> R {
     )
 }
 
+fn tracker_is_exec_started_with_signals_blocked() -> R {
+    let name = unique("tracker_start");
+    let (tracker, comm, blocked, pending) = Process::new(tracker_facts, (name.clone(),))
+        .start()?
+        .join()??;
+    let (int, term) = (sig_bit(libc::SIGINT), sig_bit(libc::SIGTERM));
+    ensure(
+        comm != "shm-creator",
+        "the tracker was forked from the creating thread (it carries its name), not started by exec",
+    )?;
+    ensure(
+        blocked & int != 0 && blocked & term != 0,
+        format!("SIGINT and SIGTERM not blocked in the tracker: SigBlk {blocked:x}"),
+    )?;
+    ensure(
+        pending & int != 0 && pending & term != 0,
+        format!("SIGINT and SIGTERM sent right after start were not held pending: {pending:x}"),
+    )?;
+    // Still serving: its creator is gone, so it cleans up and leaves.
+    ensure(
+        wait_exit(tracker, Duration::from_secs(30)),
+        "the tracker outlived its creator",
+    )?;
+    ensure(
+        !std::path::Path::new("/dev/shm").join(&name).exists(),
+        "segment removed by the tracker after its creator exited",
+    )
+}
+
+fn a_dead_tracker_is_replaced_and_nothing_leaks() -> R {
+    let (a, b) = (unique("before_death"), unique("after_death"));
+    let r = Process::new(kill_tracker_then_create, (a.clone(), b.clone()))
+        .start()?
+        .join()?;
+    let cleanup = || {
+        for n in [&a, &b] {
+            let _ = rustix::shm::unlink(format!("/{n}").as_str());
+        }
+    };
+    let (old, new) = match r {
+        Ok(pids) => pids,
+        Err(e) => {
+            let left: Vec<_> = [&a, &b]
+                .into_iter()
+                .filter(|n| std::path::Path::new("/dev/shm").join(n).exists())
+                .collect();
+            cleanup();
+            return Err(format!("{e}; left in /dev/shm: {left:?}").into());
+        }
+    };
+    ensure(old != new, "a new tracker")?;
+    ensure(
+        wait_exit(new, Duration::from_secs(30)),
+        "the new tracker outlived its creator",
+    )?;
+    let left: Vec<_> = [&a, &b]
+        .into_iter()
+        .filter(|n| std::path::Path::new("/dev/shm").join(n).exists())
+        .collect();
+    cleanup();
+    ensure(left.is_empty(), format!("segments left behind: {left:?}"))
+}
+
+fn random_names_fail_without_randomness() -> R {
+    let mut p = Process::new(create_without_randomness, ()).start()?;
+    let r = p.join_timeout(Duration::from_secs(30));
+    let _ = rustix::shm::unlink("/mp_0000000000000000");
+    let out = match r {
+        Ok(out) => out,
+        Err(mp_process::ProcessError::Timeout(_)) => {
+            let _ = p.kill();
+            let _ = p.join();
+            return Err("create(None) looped for ever with getrandom failing".into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    ensure(
+        out.starts_with("Err(") && out.contains(" / Err("),
+        format!("creates with getrandom failing: {out}"),
+    )
+}
+
 fn untracked_segment_outlives_its_creator() -> R {
     let name = unique("untracked");
     ensure(
@@ -427,6 +813,14 @@ fn main() {
             holder_killed_does_not_deadlock,
         ),
         t("nothing_left_in_dev_shm", nothing_left_in_dev_shm),
+        t(
+            "data_lock_is_released_only_by_its_guard",
+            data_lock_is_released_only_by_its_guard,
+        ),
+        t(
+            "a_lock_that_is_not_the_datas_is_refused",
+            a_lock_that_is_not_the_datas_is_refused,
+        ),
         t("type_checked_on_receipt", type_checked_on_receipt),
         t(
             "named_segment_travels_by_name",
@@ -439,6 +833,18 @@ fn main() {
         t(
             "untracked_segment_outlives_its_creator",
             untracked_segment_outlives_its_creator,
+        ),
+        t(
+            "tracker_is_exec_started_with_signals_blocked",
+            tracker_is_exec_started_with_signals_blocked,
+        ),
+        t(
+            "a_dead_tracker_is_replaced_and_nothing_leaks",
+            a_dead_tracker_is_replaced_and_nothing_leaks,
+        ),
+        t(
+            "random_names_fail_without_randomness",
+            random_names_fail_without_randomness,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();

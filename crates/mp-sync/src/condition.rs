@@ -81,7 +81,8 @@ impl From<RLock> for ConditionLock {
 
 /// A condition variable shared by any number of processes.
 ///
-/// Waiting and notifying need the lock held ([`SyncError::NotOwner`] otherwise).
+/// Waiting and notifying need the lock held by the calling thread
+/// ([`SyncError::NotOwner`] otherwise, as Python's `AssertionError`).
 /// `wait` returns whether it was notified (false on timeout); waiters are woken in the
 /// order they began to wait; a waiter that timed out is not counted by a later notify.
 /// If the holder of the lock dies, the next thread to take it (a waiter waking up, say)
@@ -157,20 +158,14 @@ impl Condition {
     }
 
     /// Takes the lock, blocking; the guard releases it and offers `wait` and `notify`.
+    ///
+    /// Over a [`Lock`], the guard holds it as [`Lock::acquire`] does (a plain hold that
+    /// `wait` may release): it guards no data.
     pub fn lock(&self) -> LockResult<ConditionGuard<'_>> {
         // The guard below owns the release from here on: the inner guards are
         // forgotten, not dropped.
         let died = match &self.lock {
-            ConditionLock::Lock(l) => match l.lock() {
-                Ok(g) => {
-                    std::mem::forget(g);
-                    false
-                }
-                Err(e) => {
-                    std::mem::forget(e.into_inner());
-                    true
-                }
-            },
+            ConditionLock::Lock(l) => l.reacquire(),
             ConditionLock::RLock(l) => match l.lock() {
                 Ok(g) => {
                     std::mem::forget(g);
@@ -193,9 +188,11 @@ impl Condition {
         }
     }
 
+    /// Whether the calling thread holds the lock (Python's `_is_owned`): a `Lock` knows
+    /// the thread that took it, an `RLock` its owning thread.
     fn is_owned(&self) -> bool {
         match &self.lock {
-            ConditionLock::Lock(l) => l.held_by_me(),
+            ConditionLock::Lock(l) => l.is_mine(),
             ConditionLock::RLock(l) => l.is_owned(),
         }
     }
@@ -203,7 +200,7 @@ impl Condition {
     /// Releases the lock, every level of it; returns what `restore` needs.
     fn release_save(&self) -> u32 {
         match &self.lock {
-            ConditionLock::Lock(l) => u32::from(l.release().is_ok()),
+            ConditionLock::Lock(l) => u32::from(l.release_mine()),
             ConditionLock::RLock(l) => l.release_save(),
         }
     }
@@ -223,11 +220,18 @@ impl Condition {
     /// the call returns `true`, so no notification is ever spent on a waiter that then
     /// reports a timeout.
     ///
-    /// Not holding the lock: [`SyncError::NotOwner`]. `Err(OwnerDied)`: the lock was
-    /// taken back from a holder that died; it is held, as before the call.
+    /// Not holding the lock in this thread: [`SyncError::NotOwner`]. A `Lock` held
+    /// through a guard (a `LockGuard`, or the guard of data it protects) is never
+    /// released here: [`SyncError::GuardHeld`]. `Err(OwnerDied)`: the lock was taken
+    /// back from a holder that died; it is held, as before the call.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, SyncError> {
         if !self.is_owned() {
             return Err(SyncError::NotOwner);
+        }
+        if let ConditionLock::Lock(l) = &self.lock {
+            if l.guard_held() {
+                return Err(SyncError::GuardHeld);
+            }
         }
         let m = self.mem.get();
         let head = m.head.load(Ordering::Relaxed);
@@ -391,8 +395,11 @@ impl ConditionGuard<'_> {
 impl Drop for ConditionGuard<'_> {
     fn drop(&mut self) {
         match &self.cond.lock {
-            // Only if this process still holds it (as `LockGuard`).
-            ConditionLock::Lock(l) => l.release_if_held_by(crate::ident::process_id()),
+            // Only if this thread still holds it plainly (someone may have released it
+            // for us, as Python allows, and another may hold it now).
+            ConditionLock::Lock(l) => {
+                l.release_mine();
+            }
             ConditionLock::RLock(l) => {
                 let _ = l.release();
             }

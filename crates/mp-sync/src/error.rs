@@ -18,6 +18,13 @@ pub enum SyncError {
     /// not hold the lock.
     #[error("lock is not owned by the calling thread")]
     NotOwner,
+    /// A `Lock` held through a guard (a [`LockGuard`](crate::LockGuard), or the guard
+    /// of data the lock protects) released from outside that guard: only the guard
+    /// releases it (or [`Lock::force_unlock`](crate::Lock::force_unlock), which is
+    /// `unsafe`). Also a `Condition` asked to wait while its lock is held through such
+    /// a guard. Nothing changes.
+    #[error("the lock is held through a guard; only the guard releases it")]
+    GuardHeld,
     /// A `BoundedSemaphore` released above its initial value, a semaphore above
     /// [`SEM_VALUE_MAX`](crate::SEM_VALUE_MAX), or a recursion count overflowed.
     #[error("value too large: {0}")]

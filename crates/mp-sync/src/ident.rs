@@ -1,8 +1,9 @@
 //! Who holds a lock: a task id (pid or tid) and that task's start time, packed in a
 //! `u64`, and whether such a holder is still alive.
 //!
-//! A packed id is `(start_time_low32 << 32) | id`. Linux ids are below `2^22`, so bit
-//! 31 is free for the lock word's "waiters" flag ([`WAITERS`]). The start time (field 22
+//! A packed id is `(start_time_low32 << 32) | id`. Linux ids are below `2^22`, so bits
+//! 31 and 30 are free for the lock word's "waiters" ([`WAITERS`]) and "held through a
+//! guard" ([`GUARDED`]) flags. The start time (field 22
 //! of `/proc/<id>/stat`, in clock ticks since boot) defeats id reuse: a recycled id has
 //! a different start time.
 //!
@@ -18,6 +19,8 @@ use std::sync::OnceLock;
 pub(crate) const ID_MASK: u64 = 0x3fff_ffff;
 /// The "someone may be sleeping on this lock" flag of a lock word.
 pub(crate) const WAITERS: u64 = 1 << 31;
+/// The "held through a guard" flag of a lock word: only that guard releases it.
+pub(crate) const GUARDED: u64 = 1 << 30;
 
 fn pack(id: u32, start: u64) -> u64 {
     ((start & 0xffff_ffff) << 32) | (u64::from(id) & ID_MASK)

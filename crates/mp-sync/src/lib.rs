@@ -37,6 +37,14 @@
 //! `access()` gives a semaphore unit back on drop. Errors are [`SyncError`], after
 //! Python's exceptions where they map.
 //!
+//! A [`Lock`] held through a guard is released only by that guard (lock_api's rule): a
+//! `release()` from anywhere else is [`SyncError::GuardHeld`], and the escape hatch,
+//! [`Lock::force_unlock`], is `unsafe`. So the data a lock guards (mp-shm's `Value` and
+//! `Array`) is never reachable twice. A lock taken with `acquire()` keeps Python's
+//! semantics: any thread or process may release it. A `Lock` also records the thread
+//! that took it, so a [`Condition`] waits and notifies only from that thread, as in
+//! Python.
+//!
 //! # When a holder dies
 //!
 //! CPython deadlocks when a process is killed while it holds a lock. Here the lock word

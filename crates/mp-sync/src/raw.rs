@@ -3,7 +3,8 @@
 //! [`Condition`](crate::Condition).
 //!
 //! `word` is 0 when free, else the holder's packed id (see `ident`), possibly with the
-//! [`WAITERS`] flag. `seq` is the futex word sleepers block on: a release that finds the
+//! [`WAITERS`] flag, and with the [`GUARDED`] flag when a guard holds it (the holder
+//! passes it in as part of its id). `seq` is the futex word sleepers block on: a release that finds the
 //! flag bumps it and wakes one sleeper. So the uncontended path is one CAS to take and
 //! one swap to release, and no syscall.
 //!
@@ -11,7 +12,7 @@
 //! same holder still holds the word, it checks that the holder is alive (`/proc`); a
 //! dead holder is replaced with one CAS from the exact word seen, so only one
 //! acquirer takes over, and it is told ([`Acquired::OwnerDied`]).
-use crate::ident::{is_alive, ID_MASK, WAITERS};
+use crate::ident::{is_alive, GUARDED, ID_MASK, WAITERS};
 use mp_core::{futex, Deadline};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,6 +33,17 @@ pub(crate) enum Acquired {
     OwnerDied,
     /// Not taken (busy, and not blocking or the deadline passed).
     No,
+}
+
+/// The outcome of a release that refuses guard-held locks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// Released.
+    Yes,
+    /// It was free.
+    Free,
+    /// A guard holds it: nothing changed.
+    Guarded,
 }
 
 /// A lock word and its futex. `#[repr(C)]` atomics only: lives in shared memory.
@@ -79,6 +91,13 @@ impl RawLock {
     #[inline]
     pub(crate) fn holder(&self) -> u64 {
         self.word.load(Ordering::Relaxed) & !WAITERS
+    }
+
+    /// As [`holder`](Self::holder), with Acquire ordering: what the release that
+    /// freed the word before the current hold wrote is visible after it.
+    #[inline]
+    pub(crate) fn holder_acquire(&self) -> u64 {
+        self.word.load(Ordering::Acquire) & !WAITERS
     }
 
     /// One CAS: takes the lock if it is free.
@@ -169,7 +188,56 @@ impl RawLock {
             .is_ok()
     }
 
-    /// Releases whoever holds the lock. Returns false if it was not held.
+    /// Releases the lock unless it is free or held through a guard. `before` runs
+    /// before each attempt to free the word (so what it writes is published by the
+    /// release).
+    #[inline]
+    pub(crate) fn release_unguarded(&self, before: impl Fn()) -> Released {
+        let mut cur = self.word.load(Ordering::Relaxed);
+        loop {
+            if cur == 0 {
+                return Released::Free;
+            }
+            if cur & GUARDED != 0 {
+                return Released::Guarded;
+            }
+            before();
+            match self
+                .word
+                .compare_exchange_weak(cur, 0, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        if cur & WAITERS != 0 {
+            self.wake_one();
+        }
+        Released::Yes
+    }
+
+    /// Turns the hold of `me` (which carries [`GUARDED`]) into a plain hold, keeping
+    /// the waiters flag. False (and nothing changes) if `me` does not hold it.
+    pub(crate) fn unguard(&self, me: u64) -> bool {
+        let mut cur = self.word.load(Ordering::Relaxed);
+        loop {
+            if cur & !WAITERS != me || me & GUARDED == 0 {
+                return false;
+            }
+            match self.word.compare_exchange_weak(
+                cur,
+                cur & !GUARDED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Releases whoever holds the lock, however it was taken. Returns false if it was
+    /// not held.
     #[inline]
     pub(crate) fn release_any(&self) -> bool {
         let prev = self.word.swap(0, Ordering::Release);
@@ -240,6 +308,20 @@ mod tests {
         assert!(l.release_if(me));
         assert!(!l.release_any());
         assert_eq!(l.holder(), 0);
+    }
+
+    #[test]
+    fn a_guarded_hold_refuses_a_plain_release() {
+        let l = raw();
+        let me = process_id() | GUARDED;
+        assert_eq!(l.acquire(me, false, Deadline::NEVER), Acquired::Yes);
+        assert_eq!(l.release_unguarded(|| {}), Released::Guarded);
+        assert_eq!(l.holder(), me);
+        assert!(!l.unguard(me & !GUARDED), "a plain id unguards nothing");
+        assert!(l.unguard(me));
+        assert_eq!(l.holder(), me & !GUARDED);
+        assert_eq!(l.release_unguarded(|| {}), Released::Yes);
+        assert_eq!(l.release_unguarded(|| {}), Released::Free);
     }
 
     #[test]

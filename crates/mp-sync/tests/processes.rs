@@ -103,6 +103,15 @@ fn release_then_take(lock: Lock) -> Result<String, String> {
     Ok(again)
 }
 
+/// Tries to release a lock whose guard the parent holds, and to wait on a condition
+/// over it: (release, wait, still busy).
+fn foreign_release_of_a_guarded_lock(lock: Lock, cond: Condition) -> (String, String, bool) {
+    let release = format!("{:?}", lock.release());
+    let wait = format!("{:?}", cond.wait(Some(Duration::ZERO)));
+    let busy = matches!(lock.try_lock(), Ok(None));
+    (release, wait, busy)
+}
+
 fn foreign_rlock_release(lock: RLock) -> (bool, bool, bool) {
     let refused = matches!(lock.release(), Err(SyncError::NotOwner));
     let took = matches!(lock.acquire(false, None), Ok(true));
@@ -364,24 +373,92 @@ fn condition_lock_of_a_killed_child_is_recovered() -> R {
 
 fn lock_any_process_may_release() -> R {
     let lock = Lock::new()?;
-    let guard = lock.lock().map_err(|_| "fresh lock")?;
+    ensure(lock.acquire(true, None)?, "fresh lock")?;
     let mut p = start(release_then_take, (lock.clone(),))?;
     let again = join_ok(&mut p)?;
     ensure(
         again == "NotHeld",
         format!("second release in the child: {again}"),
     )?;
-    // The child exited holding it: our old guard must not release the child's hold.
-    drop(guard);
-    ensure(
-        lock.locked(),
-        "our stale guard did not release the child's lock",
-    )?;
+    ensure(lock.locked(), "the child exited holding it")?;
     ensure(
         lock.lock_timeout(LONG).is_err(),
         "the child exited holding it: OwnerDied",
     )?;
     ensure(!lock.locked(), "the guard inside the error released it")
+}
+
+fn a_guard_held_lock_is_released_only_by_its_guard() -> R {
+    let lock = Lock::new()?;
+    let cond = Condition::with_lock(lock.clone())?;
+    let guard = lock.lock().map_err(|_| "fresh lock")?;
+    let mut p = start(foreign_release_of_a_guarded_lock, (lock.clone(), cond))?;
+    let (release, wait, busy) = join(&mut p)?;
+    ensure(
+        release == "Err(GuardHeld)",
+        format!("release in the child: {release}"),
+    )?;
+    ensure(
+        wait == "Err(NotOwner)",
+        format!("condition wait in the child: {wait}"),
+    )?;
+    ensure(busy, "the child could take the lock our guard holds")?;
+    ensure(
+        lock.owner_pid() == Some(std::process::id()),
+        "still held by us",
+    )?;
+    drop(guard);
+    ensure(!lock.locked(), "released by its guard")
+}
+
+fn a_guard_held_lock_of_a_killed_child_is_recovered() -> R {
+    let lock = Lock::new()?;
+    let kill_holder = || -> R {
+        let ready = Event::new()?;
+        let mut p = start(hold_lock, (lock.clone(), ready.clone()))?;
+        ensure(ready.wait(Some(LONG)), "child took the lock")?;
+        p.kill()?;
+        ensure(
+            matches!(p.join(), Err(ProcessError::Signaled(9))),
+            "child died of SIGKILL",
+        )
+    };
+    // Taken over with acquire: released with release.
+    kill_holder()?;
+    ensure(
+        matches!(lock.release(), Err(SyncError::GuardHeld)),
+        "a dead guard's lock is recovered by acquiring it, not released from outside",
+    )?;
+    match lock.acquire(true, Some(LONG)) {
+        Err(SyncError::OwnerDied(held)) => held.keep(),
+        other => return Err(format!("expected OwnerDied, got {other:?}").into()),
+    }
+    lock.release()?;
+    ensure(!lock.locked(), "released")?;
+    // Taken over with a guard: only that guard releases it.
+    kill_holder()?;
+    let guard = match lock.lock() {
+        Err(e) => e.into_inner(),
+        Ok(_) => return Err("expected OwnerDied".into()),
+    };
+    ensure(
+        matches!(lock.release(), Err(SyncError::GuardHeld)),
+        "the recovered guard's lock refused a release",
+    )?;
+    drop(guard);
+    ensure(!lock.locked(), "released by the guard")?;
+    // A recovered guard turned into an error and kept: a plain hold, released as one.
+    kill_holder()?;
+    let err: SyncError = match lock.lock() {
+        Err(e) => e.into(),
+        Ok(_) => return Err("expected OwnerDied".into()),
+    };
+    match err {
+        SyncError::OwnerDied(held) => held.keep(),
+        other => return Err(format!("expected OwnerDied, got {other:?}").into()),
+    }
+    lock.release()?;
+    ensure(!lock.locked(), "released after keep")
 }
 
 fn lock_timeouts_across_processes() -> R {
@@ -718,6 +795,14 @@ fn main() {
             condition_lock_of_a_killed_child_is_recovered,
         ),
         t("lock_any_process_may_release", lock_any_process_may_release),
+        t(
+            "a_guard_held_lock_is_released_only_by_its_guard",
+            a_guard_held_lock_is_released_only_by_its_guard,
+        ),
+        t(
+            "a_guard_held_lock_of_a_killed_child_is_recovered",
+            a_guard_held_lock_of_a_killed_child_is_recovered,
+        ),
         t(
             "lock_timeouts_across_processes",
             lock_timeouts_across_processes,

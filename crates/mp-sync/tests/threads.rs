@@ -74,6 +74,134 @@ fn lock_excludes_threads_and_mappings() {
     assert_eq!(counter.load(Ordering::Relaxed), 80_000);
 }
 
+/// A non-atomic counter bump (load, then store): only mutual exclusion keeps it exact.
+fn bump(c: &AtomicU64) {
+    let v = c.load(Ordering::Relaxed);
+    std::hint::spin_loop();
+    c.store(v + 1, Ordering::Relaxed);
+}
+
+#[test]
+fn a_guard_held_lock_is_released_only_by_its_guard() {
+    let lock = Lock::new().unwrap();
+    let g = lock.lock().unwrap();
+    // Neither this thread, nor another, nor another mapping may release it.
+    assert!(matches!(lock.release(), Err(SyncError::GuardHeld)));
+    let l2 = remap(&lock);
+    let r = thread::spawn(move || l2.release()).join().unwrap();
+    assert!(matches!(r, Err(SyncError::GuardHeld)), "{r:?}");
+    assert!(lock.locked() && lock.try_lock().unwrap().is_none());
+    drop(g);
+    assert!(!lock.locked(), "the guard released it");
+    // acquire/release pairs keep Python's semantics: any thread releases.
+    assert!(lock.acquire(true, None).unwrap());
+    let l3 = lock.clone();
+    thread::spawn(move || l3.release().unwrap()).join().unwrap();
+    assert!(!lock.locked());
+    // The escape hatch: a guard forgotten on purpose, unlocked by hand.
+    std::mem::forget(lock.lock().unwrap());
+    assert!(matches!(lock.release(), Err(SyncError::GuardHeld)));
+    // SAFETY: the guard was forgotten; nothing relies on the lock being held.
+    unsafe { lock.force_unlock() }.unwrap();
+    assert!(!lock.locked());
+    // SAFETY: as above (the lock is free: NotHeld).
+    assert!(matches!(
+        unsafe { lock.force_unlock() },
+        Err(SyncError::NotHeld)
+    ));
+}
+
+#[test]
+fn releases_from_outside_lose_no_guarded_update() {
+    // Two threads bump under guards while a third keeps calling release(): the lock a
+    // guard holds must stay held, or updates are lost.
+    let lock = Lock::new().unwrap();
+    let counter = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let releaser = {
+        let (l, stop) = (lock.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut released = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if l.release().is_ok() {
+                    released += 1;
+                }
+            }
+            released
+        })
+    };
+    let bumpers: Vec<_> = (0..2)
+        .map(|_| {
+            let (l, c) = (lock.clone(), counter.clone());
+            thread::spawn(move || {
+                for _ in 0..20_000 {
+                    let _g = l.lock().unwrap();
+                    bump(&c);
+                }
+            })
+        })
+        .collect();
+    for b in bumpers {
+        b.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let released = releaser.join().unwrap();
+    assert_eq!(counter.load(Ordering::Relaxed), 40_000, "updates were lost");
+    assert_eq!(released, 0, "a guard's lock was released from outside");
+}
+
+#[test]
+fn condition_wait_needs_the_lock_in_this_thread() {
+    // Python's Lock knows the thread that acquired it; Condition.wait from another
+    // thread is refused and must not release the holder's lock.
+    let lock = Lock::new().unwrap();
+    let c = Condition::with_lock(lock.clone()).unwrap();
+    for by_guard in [false, true] {
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let c2 = c.clone();
+        let holder = thread::spawn(move || {
+            if by_guard {
+                let g = c2.lock().unwrap();
+                held_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                drop(g);
+            } else {
+                assert!(c2.acquire(true, None).unwrap());
+                held_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                c2.release().unwrap();
+            }
+        });
+        held_rx.recv().unwrap();
+        let r = c.wait(Some(Duration::from_millis(20)));
+        assert!(matches!(r, Err(SyncError::NotOwner)), "wait: {r:?}");
+        assert!(matches!(c.notify(1), Err(SyncError::NotOwner)));
+        assert!(lock.locked(), "the holder's lock was released");
+        go_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(!lock.locked());
+    }
+}
+
+#[test]
+fn condition_wait_does_not_release_a_lock_a_guard_holds() {
+    let lock = Lock::new().unwrap();
+    let c = Condition::with_lock(lock.clone()).unwrap();
+    let g = lock.lock().unwrap();
+    let r = c.wait(Some(Duration::ZERO));
+    assert!(matches!(r, Err(SyncError::GuardHeld)), "wait: {r:?}");
+    assert!(lock.locked());
+    c.notify_all().unwrap(); // notifying releases nothing: allowed
+    let c2 = c.clone();
+    let r = thread::spawn(move || c2.wait(Some(Duration::ZERO)))
+        .join()
+        .unwrap();
+    assert!(matches!(r, Err(SyncError::NotOwner)), "wait: {r:?}");
+    drop(g);
+    assert!(!lock.locked());
+}
+
 #[test]
 fn rlock_recursion_and_ownership() {
     let r = RLock::new().unwrap();

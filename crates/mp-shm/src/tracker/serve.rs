@@ -1,0 +1,148 @@
+//! The tracker process itself. Its entry is a hook that runs before `main` in every
+//! process of a binary that links mp-shm: in a process started with [`MARKER`], it
+//! becomes the tracker and never returns to the program; anywhere else it returns at
+//! once. So the tracker needs no call from `main`, and never runs the user's code.
+//!
+//! It reads messages (`+name`, `-name`) from its socket until end of file (its creator
+//! exited or was killed), then unlinks every segment still registered and exits. Its
+//! peer is treated as a stranger all the same: a malformed message is skipped, never
+//! trusted for a size, and the fds it did not ask for are closed first thing.
+use super::{ADD, READY, REMOVE};
+use rustix::net::{recv, send, RecvFlags, SendFlags};
+use std::os::fd::{BorrowedFd, RawFd};
+
+/// The environment variable that makes a process the tracker; its value is [`FD`].
+pub(super) const MARKER: &str = "MULTIPROC_SHM_TRACKER";
+/// The tracker's socket in the tracker process.
+pub(super) const FD: RawFd = 3;
+
+/// The hook, in the ELF initializers the loader runs before `main`.
+// SAFETY: `.init_array` holds pointers to functions the loader calls, with no argument
+// this one reads, before `main`; `entry` is such a function, and the section is not used
+// for anything else.
+#[unsafe(link_section = ".init_array")]
+#[used]
+pub(super) static ENTRY: extern "C" fn() = entry;
+
+extern "C" fn entry() {
+    // SAFETY: a NUL-terminated name; getenv reads the environment, which nothing writes
+    // before `main` in a process we started (and in any other, only the loader did).
+    let v = unsafe { libc::getenv(c"MULTIPROC_SHM_TRACKER".as_ptr()) };
+    if v.is_null() {
+        return;
+    }
+    // SAFETY: getenv returned a NUL-terminated string that lives as long as the
+    // environment, which is not changed while we read it.
+    let value = unsafe { std::ffi::CStr::from_ptr(v) };
+    if value.to_bytes() != FD.to_string().as_bytes() {
+        // SAFETY: leave at once, running nothing of the program's.
+        unsafe { libc::_exit(70) }
+    }
+    serve()
+}
+
+/// A segment name as `SharedMemory` accepts them (1 to 250 bytes, no '/' or NUL).
+fn valid(name: &[u8]) -> bool {
+    !name.is_empty() && name.len() <= 250 && !name.contains(&b'/') && !name.contains(&0)
+}
+
+/// Applies one message to the list of registered segments; anything malformed is
+/// skipped.
+fn apply(names: &mut Vec<Vec<u8>>, msg: &[u8]) {
+    match msg.split_first() {
+        Some((&ADD, name)) if valid(name) => names.push(name.to_vec()),
+        Some((&REMOVE, name)) => {
+            if let Some(i) = names.iter().rposition(|n| n == name) {
+                names.swap_remove(i);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn serve() -> ! {
+    // SAFETY: this fresh process keeps stdio and its socket and closes every other fd
+    // it inherited (the spawning process's fds without close-on-exec): no object of this
+    // process owns them, `main` never runs here.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            (FD + 1) as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
+    }
+    // SAFETY: the spawner put our socket at FD, and nothing else in this process uses
+    // that number; the borrow lives until `_exit`.
+    let sock = unsafe { BorrowedFd::borrow_raw(FD) };
+    if send(sock, &[READY], SendFlags::NOSIGNAL).is_err() {
+        // SAFETY: leave at once; nothing was registered.
+        unsafe { libc::_exit(71) }
+    }
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    // One message per read (a seqpacket socket); a longer one is cut and skipped.
+    let mut buf = [0u8; 512];
+    loop {
+        match recv(sock, &mut buf[..], RecvFlags::TRUNC) {
+            Ok((0, _)) => break,
+            Ok((n, full)) => {
+                if let Some(msg) = buf.get(..n).filter(|_| full == n) {
+                    apply(&mut names, msg);
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    for n in names {
+        let mut path = Vec::with_capacity(n.len() + 1);
+        path.push(b'/');
+        path.extend_from_slice(&n);
+        if let Ok(p) = std::ffi::CString::new(path) {
+            let _ = rustix::shm::unlink(p.as_c_str());
+        }
+    }
+    // SAFETY: leave at once, running no destructor or handler of the program.
+    unsafe { libc::_exit(0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_add_remove_and_skip_garbage() {
+        let mut names = Vec::new();
+        apply(&mut names, b"+a");
+        apply(&mut names, b"+b");
+        apply(&mut names, b"+a");
+        apply(&mut names, b"-a");
+        assert_eq!(names.len(), 2, "one of the two registrations of a remains");
+        for bad in [
+            &b""[..],
+            b"+",
+            b"+x/y",
+            b"+x\0",
+            b"?z",
+            b"-nope",
+            &[b'+'; 300][..],
+        ] {
+            apply(&mut names, bad);
+        }
+        assert_eq!(names.len(), 2, "malformed messages change nothing");
+        // Any bytes: no panic, only valid names kept.
+        let mut x: u32 = 0x9e37_79b9;
+        for len in 0..400 {
+            let msg: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            apply(&mut names, &msg);
+        }
+        assert!(names.iter().all(|n| valid(n)));
+    }
+}
