@@ -361,14 +361,8 @@ impl Connection {
     /// Receives one message's bytes (Python's `recv_bytes`). A typed message comes
     /// back with its fd-count prefix; use [`recv`](Self::recv) for those.
     pub fn recv_bytes(&mut self) -> Result<Vec<u8>> {
-        let max = self.max_message;
-        self.recv_bytes_max(max)
-    }
-
-    /// As [`recv_bytes`](Self::recv_bytes) with a tighter maximum for this message.
-    pub(crate) fn recv_bytes_max(&mut self, max: u64) -> Result<Vec<u8>> {
         self.check_readable()?;
-        let len = self.read_header(max.min(self.max_message))?;
+        let len = self.read_header(self.max_message)?;
         Ok(match self.read_payload(len)? {
             Payload::Buffered { start, len } => self.rbuf[start..start + len].to_vec(),
             Payload::Owned(v) => v,

@@ -15,7 +15,8 @@
 //! - [`Listener`] / [`Client`]: Unix sockets (paths and Linux abstract names) and TCP,
 //!   with the authkey challenge of Python's `multiprocessing.connection` (the
 //!   `{sha256}` HMAC of 3.12 and the MD5 answer of 3.11), so Rust and Python programs
-//!   talk to each other.
+//!   talk to each other; the whole handshake has a deadline
+//!   ([`DEFAULT_HANDSHAKE_TIMEOUT`]).
 //!
 //! ```
 //! use mp_pipe::{pipe, PipeError};
@@ -48,6 +49,7 @@
 
 mod connection;
 mod error;
+mod handshake;
 mod listener;
 mod wait;
 
@@ -55,5 +57,6 @@ pub use connection::{
     pipe, pipe_oneway, Connection, Pipe, DEFAULT_MAX_MESSAGE, MAX_FDS_PER_MESSAGE,
 };
 pub use error::{PipeError, Result};
-pub use listener::{connect, Address, Client, Listener, HANDSHAKE_MAX};
+pub use handshake::{DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_MAX};
+pub use listener::{connect, Address, Client, Listener};
 pub use wait::{wait, Waitable};
