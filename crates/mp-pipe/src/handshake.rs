@@ -78,13 +78,17 @@ impl<'a> Stranger<'a> {
         let mut done = 0;
         while done < buf.len() {
             // A plain `recv`: an fd attached to these bytes is closed by the kernel.
-            match rustix::net::recv(self.fd, &mut buf[done..], RecvFlags::DONTWAIT) {
+            // (Linux reports a peer that closed with our bytes unread as a reset.)
+            let got = match rustix::net::recv(self.fd, &mut buf[done..], RecvFlags::DONTWAIT) {
+                Err(rustix::io::Errno::CONNRESET) => Ok((0, 0)),
+                other => other,
+            };
+            match got {
                 Ok((0, _)) if done == 0 && frame_start => return Err(PipeError::Eof),
                 Ok((0, _)) => return Err(PipeError::TruncatedMessage),
                 Ok((n, _)) => done += n,
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::AGAIN) => self.wait(PollFlags::IN)?,
-                Err(rustix::io::Errno::CONNRESET) => return Err(PipeError::Eof),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -352,6 +356,26 @@ mod tests {
                 && !constant_time_eq(b"abc", b"abd")
                 && !constant_time_eq(b"a", b"ab")
         );
+    }
+
+    /// Lengths a stranger may announce: over the cap, the long form, negative, or a
+    /// frame it never finishes are errors before any allocation or past the deadline.
+    #[test]
+    fn stranger_frames_are_bounded() {
+        use std::os::fd::AsFd;
+        let cases: [(&[u8], &str); 4] = [
+            (&[0, 0, 1, 1], "257"),
+            (&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1], "2^31"),
+            (&[0xff, 0xff, 0xff, 0xfe], "-2"),
+            (&[0, 0, 0, 9, b'#'], "timed out"),
+        ];
+        for (bytes, expect) in cases {
+            let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+            rustix::net::send(&a, bytes, SendFlags::NOSIGNAL).expect("send");
+            let mut wire = Stranger::new(b.as_fd(), Duration::from_millis(50));
+            let e = wire.recv_frame().expect_err("refused");
+            assert!(e.to_string().contains(expect), "{e}");
+        }
     }
 
     /// RFC 4231 test case 2, to pin the HMAC construction itself.

@@ -283,6 +283,7 @@ impl fmt::Debug for Listener {
             .field("address", &self.address)
             .field("closed", &self.socket.is_none())
             .field("authenticates", &self.authkey.is_some())
+            .field("handshake_timeout", &self.handshake_timeout)
             .finish_non_exhaustive()
     }
 }
