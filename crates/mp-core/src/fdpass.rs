@@ -96,15 +96,31 @@ pub enum Wait {
     SpinThenBlock,
 }
 
-/// Receives some bytes into `buf` (0 means end of file), appending any fds that came
-/// with them to `fds` (received with `O_CLOEXEC`). Works on blocking and non-blocking
-/// sockets alike; `wait` says what to do while nothing is there.
-pub fn recv_some(
+/// What one [`recv_chunk`] received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes received; 0 means end of file.
+    pub bytes: usize,
+    /// Fds appended to the caller's vector.
+    pub fds: usize,
+    /// Whether fds that came with these bytes were lost (`MSG_CTRUNC`): the process
+    /// ran out of fds, say. Those that did arrive were appended all the same.
+    pub truncated: bool,
+}
+
+/// Receives some bytes into `buf` (0 means end of file) with one system call that
+/// returns data. With `fds`, it is `recvmsg` with room for [`MAX_FDS_PER_SEND`] fds,
+/// which are appended (with `O_CLOEXEC`); Linux ends such a receive right after the
+/// bytes that carried fds, so the fds belong to the last bytes returned. Without, it is
+/// a plain `recv`, and the kernel closes any fd a peer attached: nothing is installed
+/// in this process. Works on blocking and non-blocking sockets alike; `wait` says what
+/// to do while nothing is there.
+pub fn recv_chunk(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
-    fds: &mut impl Extend<OwnedFd>,
+    mut fds: Option<&mut Vec<OwnedFd>>,
     wait: Wait,
-) -> io::Result<usize> {
+) -> io::Result<Received> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SEND))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     // Non-blocking attempts while polling; the spin deadline is set at the first miss.
@@ -115,28 +131,40 @@ pub fn recv_some(
     };
     let mut spin_until: Option<std::time::Instant> = None;
     loop {
-        let flags = if polling {
-            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
+        let mut flags = if polling {
+            RecvFlags::DONTWAIT
         } else {
-            RecvFlags::CMSG_CLOEXEC
+            RecvFlags::empty()
         };
-        let mut iov = [IoSliceMut::new(buf)];
-        match recvmsg(sock, &mut iov, &mut control, flags) {
-            Ok(msg) => {
+        let got = match fds.as_deref_mut() {
+            None => rustix::net::recv(sock, &mut *buf, flags).map(|(n, _)| Received {
+                bytes: n,
+                ..Received::default()
+            }),
+            Some(out) => {
+                flags |= RecvFlags::CMSG_CLOEXEC;
+                let mut iov = [IoSliceMut::new(&mut *buf)];
+                recvmsg(sock, &mut iov, &mut control, flags).map(|msg| {
+                    let before = out.len();
+                    for m in control.drain() {
+                        if let RecvAncillaryMessage::ScmRights(it) = m {
+                            out.extend(it);
+                        }
+                    }
+                    Received {
+                        bytes: msg.bytes,
+                        fds: out.len() - before,
+                        truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+                    }
+                })
+            }
+        };
+        match got {
+            Ok(r) => {
                 if spin_until.is_some() {
                     crate::spin::spun(true);
                 }
-                for m in control.drain() {
-                    if let RecvAncillaryMessage::ScmRights(it) = m {
-                        fds.extend(it);
-                    }
-                }
-                if msg.flags.contains(ReturnFlags::CTRUNC) {
-                    return Err(io::Error::other(
-                        "received fds were truncated (too many in one message)",
-                    ));
-                }
-                return Ok(msg.bytes);
+                return Ok(r);
             }
             Err(rustix::io::Errno::INTR) => {}
             Err(rustix::io::Errno::AGAIN) if wait == Wait::Never => {
@@ -166,6 +194,27 @@ pub fn recv_some(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Receives some bytes into `buf` (0 means end of file), appending any fds that came
+/// with them to `fds` (received with `O_CLOEXEC`). Fds lost on the way (`MSG_CTRUNC`)
+/// are an error. Works on blocking and non-blocking sockets alike; `wait` says what
+/// to do while nothing is there.
+pub fn recv_some(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut impl Extend<OwnedFd>,
+    wait: Wait,
+) -> io::Result<usize> {
+    let mut got = Vec::new();
+    let r = recv_chunk(sock, buf, Some(&mut got), wait)?;
+    fds.extend(got);
+    if r.truncated {
+        return Err(io::Error::other(
+            "received fds were truncated (too many in one message)",
+        ));
+    }
+    Ok(r.bytes)
 }
 
 /// A blocking [`Read`] over a socket that collects the fds arriving with the bytes.
@@ -230,6 +279,51 @@ mod tests {
         assert_eq!(got_fds.len(), 300);
         drop(a);
         assert!(matches!(recv_frame(b.as_fd(), 10), Err(crate::Error::Eof)));
+    }
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// The properties mp-pipe's accounting rests on: a receive with room for fds ends
+    /// right after the bytes that carried some; a plain one installs none (the kernel
+    /// drops them: the pipe below sees end of file once our own copy is closed).
+    #[test]
+    fn recv_chunk_ends_after_fds_and_plain_recv_drops_them() {
+        let (a, b) = pair();
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        send_all(a.as_fd(), &[b"ab"], &[]).unwrap();
+        send_all(a.as_fd(), &[b"cd"], &[w.as_fd(), w.as_fd()]).unwrap();
+        send_all(a.as_fd(), &[b"ef"], &[w.as_fd()]).unwrap();
+        send_all(a.as_fd(), &[b"gh"], &[]).unwrap();
+        let mut buf = [0u8; 64];
+        let mut fds = Vec::new();
+        let got = recv_chunk(b.as_fd(), &mut buf, Some(&mut fds), Wait::Block).unwrap();
+        assert_eq!(
+            (got.bytes, got.fds, got.truncated, &buf[..4]),
+            (4, 2, false, &b"abcd"[..])
+        );
+        assert_eq!(fds.len(), 2);
+        drop(fds);
+        let got = recv_chunk(b.as_fd(), &mut buf, None, Wait::Block).unwrap();
+        assert_eq!((got.bytes, got.fds, &buf[..2]), (2, 0, &b"ef"[..]));
+        let got = recv_chunk(b.as_fd(), &mut buf, None, Wait::Never).unwrap();
+        assert_eq!((got.bytes, &buf[..2]), (2, &b"gh"[..]));
+        assert_eq!(
+            recv_chunk(b.as_fd(), &mut buf, None, Wait::Never)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::WouldBlock
+        );
+        drop(w);
+        let mut one = [0u8; 1];
+        assert_eq!(rustix::io::read(&r, &mut one).unwrap(), 0, "no copy kept");
     }
 
     #[test]

@@ -11,12 +11,22 @@
 //!
 //! # Fd accounting
 //!
-//! The fds of a typed message ride with SCM_RIGHTS on the first bytes of its frame, so
-//! they arrive no later than its header. A Unix stream socket may hand several messages
-//! to one `recvmsg`, so received fds wait in a FIFO and each typed message takes as many
-//! as its count says. At most [`MAX_FDS_PER_MESSAGE`] fds go in one message: the kernel
-//! carries 253 per `sendmsg`, each batch on its own byte, and this keeps all of them
-//! within the 4 header bytes.
+//! The fds of a typed message ride with SCM_RIGHTS on the first bytes of its frame. At
+//! most [`MAX_FDS_PER_MESSAGE`] fds go in one message: the kernel carries 253 per
+//! `sendmsg`, each batch on its own byte, and this keeps all of them within the 4
+//! header bytes.
+//!
+//! Linux ends a `recvmsg` right after the bytes that carried fds, so the fds of one
+//! receive belong to the message that holds the last byte it returned. Each batch of
+//! fds is kept with that byte's offset in the stream, and when a message has been read
+//! it takes the batches that fall inside it: a typed message must find exactly the
+//! count it announces (else it is a [`PipeError::Decode`] error for that message
+//! alone), and a raw message closes whatever came with it. Fds never wait for a later
+//! message. A connection holds at most [`MAX_FDS_PER_MESSAGE`] + 253 fds at any time
+//! (one whole message and the first batch of the next): past that, and on TCP, it
+//! receives with a plain `recv`, so the kernel drops what a peer attaches. Fds lost on
+//! the way (`MSG_CTRUNC`, when this process runs out of fds) fail the message that
+//! claimed them, and only if it claimed some.
 //!
 //! # Buffering
 //!
@@ -46,6 +56,9 @@ pub const DEFAULT_MAX_MESSAGE: u64 = 1 << 30;
 /// The most fds one typed message may carry (four SCM_RIGHTS batches of 253).
 pub const MAX_FDS_PER_MESSAGE: usize = 4 * mp_core::fdpass::MAX_FDS_PER_SEND;
 
+/// The most fds a connection holds while messages are being read (see the module doc).
+const MAX_HELD_FDS: usize = MAX_FDS_PER_MESSAGE + mp_core::fdpass::MAX_FDS_PER_SEND;
+
 /// Size of the read buffer; larger messages bypass it.
 const READ_BUF: usize = 64 * 1024;
 /// Up to this much is allocated up front for a large message once its header is read;
@@ -74,10 +87,33 @@ pub struct Connection {
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
-    /// Fds received and not yet claimed by a typed message, in arrival order.
-    fds: VecDeque<OwnedFd>,
+    /// Bytes received from the socket so far: the stream offset just past `rbuf[rend]`.
+    received: u64,
+    /// Where the frame being read ends in the stream (set by `read_header`).
+    frame_end: u64,
+    /// Fds received and not yet claimed by their message, in arrival order.
+    fds: VecDeque<Batch>,
+    /// How many fds `fds` holds.
+    held: usize,
     wbuf: Vec<u8>,
     read_state: ReadState,
+}
+
+/// Fds that came with one receive.
+struct Batch {
+    /// The stream offset of the last byte received with them: they belong to the
+    /// message that holds it.
+    last: u64,
+    fds: Vec<OwnedFd>,
+    /// Some fds of this receive were lost (`MSG_CTRUNC`).
+    lost: bool,
+}
+
+/// The fds of one message.
+#[derive(Default)]
+struct Claimed {
+    fds: Vec<OwnedFd>,
+    lost: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,7 +203,10 @@ impl Connection {
             rbuf: Vec::new(),
             rstart: 0,
             rend: 0,
+            received: 0,
+            frame_end: 0,
             fds: VecDeque::new(),
+            held: 0,
             wbuf: Vec::new(),
             read_state: ReadState::Ok,
         }
@@ -186,9 +225,11 @@ impl Connection {
         Ok(Connection::new(fd, readable, writable, unix))
     }
 
-    /// Whether this end may receive.
+    /// Whether this end may receive: false for the write end of a one-way pipe, and,
+    /// as in Python, once an oversized or malformed frame has lost the message
+    /// boundaries (see [`PipeError::Unreadable`]).
     pub fn readable(&self) -> bool {
-        self.readable
+        self.readable && self.read_state != ReadState::Broken
     }
 
     /// Whether this end may send.
@@ -216,7 +257,8 @@ impl Connection {
 
     /// Sets the largest message this end accepts (default [`DEFAULT_MAX_MESSAGE`]). A
     /// frame announcing more is refused with [`PipeError::FrameTooLarge`] before any
-    /// allocation, and the read side becomes unusable, as in Python.
+    /// allocation, and the read side becomes unusable, as in Python: `readable()` turns
+    /// false, and a connection that cannot send either is closed.
     pub fn set_max_message_size(&mut self, max: u64) {
         self.max_message = max;
     }
@@ -224,7 +266,7 @@ impl Connection {
     /// Closes the connection. Idempotent; dropping it closes it too.
     pub fn close(&mut self) {
         self.fd = None;
-        self.fds.clear();
+        self.drop_fds();
         self.rbuf = Vec::new();
         self.rstart = 0;
         self.rend = 0;
@@ -359,17 +401,14 @@ impl Connection {
     }
 
     /// Receives one message's bytes (Python's `recv_bytes`). A typed message comes
-    /// back with its fd-count prefix; use [`recv`](Self::recv) for those.
+    /// back with its fd-count prefix; use [`recv`](Self::recv) for those. Fds that a
+    /// peer attached to the message are closed.
     pub fn recv_bytes(&mut self) -> Result<Vec<u8>> {
-        let max = self.max_message;
-        self.recv_bytes_max(max)
-    }
-
-    /// As [`recv_bytes`](Self::recv_bytes) with a tighter maximum for this message.
-    pub(crate) fn recv_bytes_max(&mut self, max: u64) -> Result<Vec<u8>> {
         self.check_readable()?;
-        let len = self.read_header(max.min(self.max_message))?;
-        Ok(match self.read_payload(len)? {
+        let len = self.read_header(self.max_message)?;
+        let payload = self.read_payload(len)?;
+        self.close_unclaimed_fds();
+        Ok(match payload {
             Payload::Buffered { start, len } => self.rbuf[start..start + len].to_vec(),
             Payload::Owned(v) => v,
         })
@@ -386,7 +425,9 @@ impl Connection {
             max: usize::MAX as u64,
         })?;
         if n > buf.len() {
-            return Err(PipeError::BufferTooShort(match self.read_payload(len)? {
+            let payload = self.read_payload(len)?;
+            self.close_unclaimed_fds();
+            return Err(PipeError::BufferTooShort(match payload {
                 Payload::Buffered { start, len } => self.rbuf[start..start + len].to_vec(),
                 Payload::Owned(v) => v,
             }));
@@ -406,26 +447,33 @@ impl Connection {
             let mut done = have;
             while done < n {
                 let fd = self.fd()?;
+                // Plain read(): the fds of this message, if any, came with its header.
                 match rustix::io::read(fd, &mut buf[done..n]) {
                     Ok(0) => return Err(self.truncated()),
-                    Ok(k) => done += k,
+                    Ok(k) => {
+                        done += k;
+                        self.received += k as u64;
+                    }
                     Err(rustix::io::Errno::INTR) => {}
                     Err(rustix::io::Errno::AGAIN) => wait_readable(fd)?,
                     Err(e) => return Err(self.recv_error(e.into(), true)),
                 }
             }
         }
+        self.close_unclaimed_fds();
         Ok(n)
     }
 
     /// Receives one typed message sent with [`send`](Self::send).
     ///
     /// A message that does not decode as `T` is a [`PipeError::Decode`] naming `T`; it is
-    /// consumed (with its fds) and the connection stays usable.
+    /// consumed (with its fds, which are closed) and the connection stays usable. So is
+    /// a message that did not come with exactly the fds it announces.
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
         self.check_readable()?;
         let len = self.read_header(self.max_message)?;
         let payload = self.read_payload(len)?;
+        let claimed = self.claim_fds();
         let bytes: &[u8] = match &payload {
             Payload::Buffered { start, len } => &self.rbuf[*start..*start + *len],
             Payload::Owned(v) => v,
@@ -438,14 +486,57 @@ impl Connection {
             decode_err("the message has no handle count (not a typed message?)".into())
         })?;
         let count = count as usize;
-        if count > self.fds.len() {
+        let arrived = claimed.fds.len();
+        if count > MAX_FDS_PER_MESSAGE {
             return Err(decode_err(format!(
-                "the message says it carries {count} handles but {} arrived (not a typed message?)",
-                self.fds.len()
+                "the message announces {count} handles; at most {MAX_FDS_PER_MESSAGE} travel in one"
             )));
         }
-        let fds: Vec<OwnedFd> = self.fds.drain(..count).collect();
+        if claimed.lost && count > 0 {
+            return Err(decode_err(format!(
+                "the message announces {count} handles and some were lost on the way ({arrived} \
+                 arrived; is this process out of fds?)"
+            )));
+        }
+        if count != arrived && !(claimed.lost && count == 0) {
+            return Err(decode_err(format!(
+                "the message announces {count} handles but {arrived} came with it (not a typed message?)"
+            )));
+        }
+        let fds = if count == 0 { Vec::new() } else { claimed.fds };
         Ok(handles::decode::<T>(&bytes[used..], fds)?)
+    }
+
+    /// Takes the fds that came with the message just read (see the module doc).
+    fn claim_fds(&mut self) -> Claimed {
+        let mut claimed = Claimed::default();
+        while let Some(batch) = self.fds.pop_front() {
+            if batch.last >= self.frame_end {
+                self.fds.push_front(batch);
+                break;
+            }
+            self.held -= batch.fds.len();
+            claimed.lost |= batch.lost;
+            claimed.fds.extend(batch.fds);
+        }
+        claimed
+    }
+
+    /// Closes whatever fds came with the message just read (a raw message has none).
+    fn close_unclaimed_fds(&mut self) {
+        let claimed = self.claim_fds();
+        if !claimed.fds.is_empty() || claimed.lost {
+            tracing::debug!(
+                fds = claimed.fds.len(),
+                "closed the fds a peer attached to a byte message"
+            );
+        }
+    }
+
+    /// Closes every fd received and not yet claimed.
+    fn drop_fds(&mut self) {
+        self.fds.clear();
+        self.held = 0;
     }
 
     /// Marks the read side at end of file after a truncated message.
@@ -453,7 +544,20 @@ impl Connection {
         self.read_state = ReadState::Eof;
         self.rstart = 0;
         self.rend = 0;
+        self.drop_fds();
         PipeError::TruncatedMessage
+    }
+
+    /// Gives up the read side after an oversized or malformed frame, as Python does: it
+    /// is no longer readable, and a connection that cannot send either is closed.
+    fn broken(&mut self) {
+        self.read_state = ReadState::Broken;
+        self.rstart = 0;
+        self.rend = 0;
+        self.drop_fds();
+        if !self.writable {
+            self.close();
+        }
     }
 
     /// Maps a receive error; a reset peer is end of file (Linux reports `ECONNRESET`
@@ -464,6 +568,7 @@ impl Connection {
                 return self.truncated();
             }
             self.read_state = ReadState::Eof;
+            self.drop_fds();
             return PipeError::Eof;
         }
         PipeError::Io(e)
@@ -483,10 +588,29 @@ impl Connection {
         let Some(fd) = self.fd.as_ref() else {
             return Err(PipeError::Closed);
         };
-        match recv_some(fd.as_fd(), &mut self.rbuf[self.rend..], &mut self.fds) {
-            Ok(n) => {
-                self.rend += n;
-                Ok(n)
+        // Room for fds only on a Unix socket, and only while a whole batch more stays
+        // within the bound; otherwise a plain `recv`, and the kernel drops them. A peer
+        // is expected to answer soon: poll briefly before sleeping (`mp_core::spin`).
+        let take_fds = self.unix && self.held + mp_core::fdpass::MAX_FDS_PER_SEND <= MAX_HELD_FDS;
+        let mut fds = Vec::new();
+        match mp_core::fdpass::recv_chunk(
+            fd.as_fd(),
+            &mut self.rbuf[self.rend..],
+            take_fds.then_some(&mut fds),
+            mp_core::fdpass::Wait::SpinThenBlock,
+        ) {
+            Ok(got) => {
+                self.rend += got.bytes;
+                self.received += got.bytes as u64;
+                if got.bytes > 0 && (!fds.is_empty() || got.truncated) {
+                    self.held += fds.len();
+                    self.fds.push_back(Batch {
+                        last: self.received - 1,
+                        fds,
+                        lost: got.truncated,
+                    });
+                }
+                Ok(got.bytes)
             }
             Err(e) => Err(self.recv_error(e, mid_message)),
         }
@@ -506,6 +630,10 @@ impl Connection {
                     header_len,
                     payload_len,
                 }) => {
+                    let start = self.received - (self.rend - self.rstart) as u64;
+                    self.frame_end = start
+                        .saturating_add(header_len as u64)
+                        .saturating_add(payload_len);
                     self.rstart += header_len;
                     return Ok(payload_len);
                 }
@@ -519,7 +647,7 @@ impl Connection {
                     }
                 }
                 Err(e) => {
-                    self.read_state = ReadState::Broken;
+                    self.broken();
                     return Err(e.into());
                 }
             }
@@ -562,6 +690,7 @@ impl Connection {
                 Ok(([], _)) => return Err(self.truncated()),
                 Ok((got, _)) => {
                     let k = got.len();
+                    self.received += k as u64;
                     // SAFETY: `read` initialized the first `k` bytes of the spare capacity
                     // (it returned them as `got`), so `len + k` bytes are initialized.
                     unsafe { v.set_len(v.len() + k) };
@@ -707,12 +836,6 @@ fn send_error(e: io::Error) -> PipeError {
     }
 }
 
-/// One receive into `buf`, collecting fds: a peer is expected to answer soon, so it
-/// polls briefly before it sleeps (see `mp_core::spin`).
-fn recv_some(fd: BorrowedFd<'_>, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
-    mp_core::fdpass::recv_some(fd, buf, fds, mp_core::fdpass::Wait::SpinThenBlock)
-}
-
 fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
     crate::wait::poll_fds(&[fd], None)
         .map(drop)
@@ -757,4 +880,35 @@ fn decode_varint(bytes: &[u8]) -> Option<(u32, usize)> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However many fds a peer attaches, a connection holds at most `MAX_HELD_FDS`
+    /// while a message is being read, and none once it is read.
+    #[test]
+    fn held_fds_are_bounded() {
+        let (a, mut b) = pipe().expect("pipe");
+        let dev_null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let copies = vec![dev_null.as_fd(); 250];
+        let mut frame = 100u32.to_be_bytes().to_vec();
+        frame.extend([7u8; 100]);
+        // The header and 40 payload bytes, each with 250 fds: 11,000 in all.
+        for byte in &frame[..44] {
+            let fd = a.fd().expect("fd");
+            mp_core::fdpass::send_all(fd, &[std::slice::from_ref(byte)], &copies).expect("send");
+        }
+        let mut got = 0;
+        while got < 44 {
+            got += b.fill_some(true).expect("receive");
+            assert!(b.held <= MAX_HELD_FDS, "{} fds held", b.held);
+        }
+        assert!(b.held > 0, "no fds were received at all");
+        let fd = a.fd().expect("fd");
+        mp_core::fdpass::send_all(fd, &[&frame[44..]], &[]).expect("send");
+        assert_eq!(b.recv_bytes().expect("message"), [7u8; 100]);
+        assert_eq!((b.held, b.fds.len()), (0, 0));
+    }
 }

@@ -599,6 +599,108 @@ fn random_bytes_never_panic() -> R {
     Ok(())
 }
 
+/// After an oversized or malformed frame the read side is gone, as in Python:
+/// `readable()` turns false, and a read-only end is closed (issue 12, item 5).
+#[test]
+fn a_bad_frame_ends_the_read_side() -> R {
+    let (mut a, mut b) = pipe()?;
+    b.set_max_message_size(10);
+    a.send_bytes(&[0; 11])?;
+    assert!(matches!(
+        err(b.recv_bytes()),
+        PipeError::FrameTooLarge { .. }
+    ));
+    assert!(!b.readable(), "still readable after FrameTooLarge");
+    assert!(b.writable() && !b.closed());
+    assert!(matches!(err(b.recv_bytes()), PipeError::Unreadable));
+    assert!(
+        b.poll(Some(Duration::ZERO))?,
+        "a receive returns at once (with the error)"
+    );
+    b.send_bytes(b"still writes")?;
+    assert_eq!(a.recv_bytes()?, b"still writes");
+    let (a, mut b) = pipe()?;
+    raw_write(&a, &[0xff, 0xff, 0xff, 0xfe])?;
+    assert!(matches!(err(b.recv_bytes()), PipeError::BadFrame(_)));
+    assert!(!b.readable());
+    let (mut r, mut w) = pipe_oneway()?;
+    r.set_max_message_size(1);
+    w.send_bytes(b"xx")?;
+    assert!(matches!(
+        err(r.recv_bytes()),
+        PipeError::FrameTooLarge { .. }
+    ));
+    assert!(!r.readable() && r.closed(), "a read-only end is closed");
+    assert!(matches!(err(r.recv_bytes()), PipeError::Closed));
+    Ok(())
+}
+
+/// Whether `r` (a pipe's read end) sees end of file: no copy of its write end is open.
+fn writers_gone(r: &OwnedFd) -> Result<bool, Box<dyn std::error::Error>> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut p = [PollFd::new(r, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    poll(&mut p, Some(&zero))?;
+    Ok(p[0].revents().contains(PollFlags::HUP))
+}
+
+/// A typed message arrives with exactly the fds it claims, or it is an error for that
+/// message alone, its fds closed: more claimed than sent (never a wait for more), more
+/// than may travel, or fds it does not claim, which must not be handed to the next
+/// message (issue 12, item 2).
+#[test]
+fn typed_fd_counts_are_checked() -> R {
+    let (mut a, mut b) = pipe()?;
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let three: Vec<Handle<OwnedFd>> = (0..3)
+        .map(|_| Ok(Handle(OwnedFd::from(tempfile()?))))
+        .collect::<std::io::Result<_>>()?;
+    let (body, _fds) = mp_core::handles::encode(&three)?;
+    let typed = |count: &[u8], body: &[u8]| {
+        let mut p = count.to_vec();
+        p.extend_from_slice(body);
+        let mut f = (p.len() as u32).to_be_bytes().to_vec();
+        f.extend(p);
+        f
+    };
+    let send = |a: &Connection, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]| {
+        mp_core::fdpass::send_all(a.fd()?, &[bytes], fds).map_err(PipeError::Io)
+    };
+    type Three = Vec<Handle<OwnedFd>>;
+    // Three claimed, one sent.
+    send(&a, &typed(&[3], &body), &[w.as_fd()])?;
+    let e = err(b.recv::<Three>());
+    assert!(matches!(e, PipeError::Decode { .. }), "{e}");
+    // 5000 claimed (LEB128), more than may travel, none sent.
+    send(&a, &typed(&[0x88, 0x27], &body), &[])?;
+    let e = err(b.recv::<Three>());
+    assert!(matches!(e, PipeError::Decode { .. }), "{e}");
+    // Three claimed, none sent.
+    send(&a, &typed(&[3], &body), &[])?;
+    let e = err(b.recv::<Three>());
+    assert!(matches!(e, PipeError::Decode { .. }), "{e}");
+    // None claimed, two sent.
+    let (five, _) = mp_core::handles::encode(&5u8)?;
+    send(&a, &typed(&[0], &five), &[w.as_fd(), w.as_fd()])?;
+    let e = err(b.recv::<u8>());
+    assert!(matches!(e, PipeError::Decode { .. }), "{e}");
+    // The connection is intact, and an honest message gets its own handle.
+    let mut file = tempfile()?;
+    file.write_all(b"mine")?;
+    a.send(&Handle(file))?;
+    let Handle(mut f): Handle<File> = b.recv()?;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    assert_eq!(text, "mine");
+    drop(w);
+    assert!(writers_gone(&r)?, "the receiver still holds a passed fd");
+    Ok(())
+}
+
 #[test]
 fn fds_over_tcp_are_refused_in_the_sender() -> R {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
