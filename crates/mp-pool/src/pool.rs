@@ -672,7 +672,10 @@ impl Pool {
 
     /// Waits for the workers to exit, after [`close`](Self::close) (every task done) or
     /// [`terminate`](Self::terminate). [`PoolError::StillRunning`] on a running pool.
-    pub fn join(&mut self) -> Result<(), PoolError> {
+    ///
+    /// As in Python, another thread may call [`terminate`](Self::terminate) while this
+    /// waits: the wait then ends as soon as the workers are stopped.
+    pub fn join(&self) -> Result<(), PoolError> {
         if lock(&self.shared.state).status == Status::Running {
             return Err(PoolError::StillRunning);
         }
@@ -680,12 +683,14 @@ impl Pool {
         Ok(())
     }
 
+    /// Waits for the handler thread to finish. Every caller waits: the first joins the
+    /// thread under the lock, the others wait for that lock.
     fn join_handler(&self) {
         if std::thread::current().id() == self.handler_id {
             return; // from a callback: the handler finishes on its own
         }
-        let h = lock(&self.handler).take();
-        if let Some(h) = h {
+        let mut h = lock(&self.handler);
+        if let Some(h) = h.take() {
             let _ = h.join();
         }
     }

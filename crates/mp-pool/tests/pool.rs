@@ -447,7 +447,7 @@ fn maxtasksperchild_replaces_workers() -> R {
     ensure(p.worker_pids() != before, "pids changed")?;
     drop(p); // under fork, a second pool needs a single-threaded parent
              // close + join with maxtasksperchild=1 does not hang.
-    let mut p1 = Pool::builder().processes(2).maxtasksperchild(1).build()?;
+    let p1 = Pool::builder().processes(2).maxtasksperchild(1).build()?;
     let mut r = p1.map_async_with(square, 0..10u64, Some(1), Callbacks::new())?;
     p1.close();
     p1.join()?;
@@ -533,7 +533,7 @@ fn connection_as_argument() -> R {
 }
 
 fn close_join_terminate() -> R {
-    let mut p = pool(2)?;
+    let p = pool(2)?;
     ensure(
         matches!(p.join(), Err(PoolError::StillRunning)),
         "join while running",
@@ -578,7 +578,6 @@ fn close_join_terminate() -> R {
         matches!(p.apply(add, (1, 1)), Err(PoolError::NotRunning)),
         "apply after terminate",
     )?;
-    let mut p = p;
     p.join()?;
 
     // Drop terminates (Python's `with`).
