@@ -114,7 +114,10 @@ mod error;
 mod handler;
 mod imap;
 mod pool;
+mod progress;
+mod reap;
 mod result;
+mod start;
 mod wire;
 mod worker;
 

@@ -2,6 +2,7 @@
 use crate::handler::{run_handler, Config, Shared, Status, Task};
 use crate::imap::{IMapIter, IMapUnorderedIter, Lazy};
 use crate::result::{complete, lock, AsyncResult, Callbacks, CollectSink, ResultCell, Sink};
+use crate::start::Origin;
 use crate::wire::{Encoded, SeqOfOne};
 use crate::worker::chunk_target;
 use crate::PoolError;
@@ -92,12 +93,15 @@ impl PoolBuilder {
             maxtasks,
             init,
         };
-        let shared = Arc::new(Shared::new(cfg)?);
+        let shared = Arc::new(Shared::new(cfg, processes)?);
         // All first workers start before the handler thread exists, so `fork` sees a
         // single-threaded parent (unless the program has threads of its own).
         let mut handles = Vec::with_capacity(processes);
         for i in 1..=processes {
-            match shared.start_worker(i, self.allow_fork_threads) {
+            let origin = Origin::First {
+                allow_fork_threads: self.allow_fork_threads,
+            };
+            match shared.start_worker(i, origin) {
                 Ok((h, slot)) => {
                     shared.add_worker(slot);
                     handles.push(h);
@@ -680,7 +684,10 @@ impl Pool {
             return Err(PoolError::StillRunning);
         }
         self.join_handler();
-        Ok(())
+        match lock(&self.shared.state).stuck.clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Waits for the handler thread to finish. Every caller waits: the first joins the
