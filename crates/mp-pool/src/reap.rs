@@ -72,18 +72,21 @@ pub(crate) fn stop_workers(shared: &Shared, mut handles: Vec<WorkerHandle>, grac
         }
         st.workers.clear();
     }
+    let mut forced = !graceful;
+    if forced {
+        for h in &handles {
+            let _ = h.process.terminate();
+        }
+    }
     // Their pipes are done with: only their pidfds (and the wake-up) are watched now.
+    // A reader in `get` may hold a pipe, waiting for its worker's reply or death: the
+    // signals above (or, after close(), the end of file, with every task done) end
+    // that wait, so taking the pipe's lock waits only for that reader to leave.
     for h in &handles {
         let mut r = lock(&h.reader);
         r.retired = true;
         if let Ok(fd) = r.conn.fd() {
             let _ = epoll::delete(&shared.epoll, fd);
-        }
-    }
-    let mut forced = !graceful;
-    if forced {
-        for h in &handles {
-            let _ = h.process.terminate();
         }
     }
     let mut deadline = Instant::now() + if forced { TERM_GRACE } else { GRACE };

@@ -141,12 +141,22 @@ const JOIN_BOUND: Duration = Duration::from_secs(20);
 fn within<T: Send>(bound: Duration, what: &str, f: impl FnOnce() -> T + Send) -> Result<T, Failed> {
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel();
-        s.spawn(move || {
+        let h = s.spawn(move || {
             let _ = tx.send(f());
         });
-        rx.recv_timeout(bound)
-            .map_err(|_| format!("{what} did not return within {bound:?}").into())
+        let got = rx
+            .recv_timeout(bound)
+            .map_err(|_| format!("{what} did not return within {bound:?}"))?;
+        joined(h);
+        Ok(got)
     })
+}
+
+/// Joins a thread that has done its work. A scope's implicit join returns once the
+/// thread's closure ended, while the thread may still exist a moment longer: under
+/// fork, the next test must find this process single-threaded.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) {
+    let _ = h.join();
 }
 
 /// A pidfd of process `pid` (open it while the process is known to live).
@@ -211,8 +221,8 @@ fn open_fds() -> Result<usize, Failed> {
 const FD_LIMIT_CHILD: &str = "MP_POOL_TEST_FD_LIMIT_CHILD";
 
 /// Run alone, in a copy of this test binary started for the purpose (so no other test
-/// runs under the lowered limit): lowers RLIMIT_NOFILE to 1024, then runs a pool of 200
-/// workers, every one of which must take part in a map.
+/// runs under the lowered limit): lowers RLIMIT_NOFILE to 1024, then starts a pool of
+/// 200 workers and runs a map on it.
 fn pool_of_200_at_1024_fds() -> R {
     let n = 200;
     let limit = rustix::process::Rlimit {
@@ -221,9 +231,13 @@ fn pool_of_200_at_1024_fds() -> R {
     };
     rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
     let p = Pool::new(n)?;
-    let pids = p.map_with_chunksize(pid_of, 0..(4 * n) as u64, 1)?;
-    let seen = pids.into_iter().collect::<HashSet<_>>().len();
-    ensure(seen == n, format!("{seen} workers of {n} took part"))
+    let pids: HashSet<i32> = p.worker_pids().into_iter().collect();
+    ensure(pids.len() == n, format!("{} workers of {n}", pids.len()))?;
+    let want: Vec<u64> = (0..4 * n as u64).map(square).collect();
+    ensure(
+        p.map_with_chunksize(square, 0..4 * n as u64, 1)? == want,
+        "a map",
+    )
 }
 
 static LATE: AtomicU64 = AtomicU64::new(0);
@@ -930,7 +944,7 @@ fn terminate_is_heard_while_join_waits() -> R {
     std::thread::scope(|s| -> R {
         let (tx, rx) = mpsc::channel();
         let pool = &p;
-        s.spawn(move || {
+        let h = s.spawn(move || {
             let _ = tx.send(pool.join());
         });
         // The other worker leaves when told to: the join now waits for the stuck one.
@@ -939,12 +953,37 @@ fn terminate_is_heard_while_join_waits() -> R {
             "the other worker exits after close",
         )?;
         p.terminate();
-        let joined = rx
+        let got = rx
             .recv_timeout(JOIN_BOUND)
             .map_err(|_| "join did not return after terminate")?;
-        ensure(joined.is_ok(), format!("join: {joined:?}"))
+        joined(h);
+        ensure(got.is_ok(), format!("join: {got:?}"))
     })?;
     ensure(!pid_exists(stuck), "the stuck worker is gone")
+}
+
+fn terminate_wakes_a_reader_waiting_in_get() -> R {
+    let p = pool(1)?;
+    let (started, never) = (mp_sync::Event::new()?, mp_sync::Event::new()?);
+    let mut r = p.apply_async(started_then_wait_for, (started.clone(), never))?;
+    ensure(started.wait(Some(PROMPT)), "the task started")?;
+    std::thread::scope(|s| -> R {
+        let (tx, rx) = mpsc::channel();
+        // This reader reads the worker's pipe itself while it waits (one task, no
+        // callbacks), for a reply that never comes.
+        let h = s.spawn(move || {
+            let _ = tx.send(r.get());
+        });
+        within(JOIN_BOUND, "terminate", || p.terminate())?;
+        let got = rx
+            .recv_timeout(JOIN_BOUND)
+            .map_err(|_| "get did not return after terminate")?;
+        joined(h);
+        ensure(
+            matches!(got, Err(PoolError::Terminated)),
+            format!("get: {got:?}"),
+        )
+    })
 }
 
 fn a_panicking_result_decoder_fails_its_task_only() -> R {
@@ -1114,6 +1153,10 @@ fn main() {
         t(
             "terminate_is_heard_while_join_waits",
             terminate_is_heard_while_join_waits,
+        ),
+        t(
+            "terminate_wakes_a_reader_waiting_in_get",
+            terminate_wakes_a_reader_waiting_in_get,
         ),
         t(
             "a_panicking_result_decoder_fails_its_task_only",
