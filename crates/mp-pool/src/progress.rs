@@ -98,3 +98,27 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_shared_and_reused() {
+        let board = Board::new(2).unwrap();
+        let a = board.take().unwrap();
+        let b = board.take().unwrap();
+        assert!(board.take().is_none(), "no more words than workers");
+        a.for_worker().store(started(3));
+        assert_eq!(decode(a.load()), (3, 2));
+        assert_eq!(b.load(), 0);
+        drop(a);
+        let c = board.take().unwrap();
+        assert_eq!(c.load(), 0, "a reused word starts afresh");
+        // The worker's copy travels with its fd and writes the same word.
+        let (bytes, fds) = mp_core::handles::encode(&c.for_worker()).unwrap();
+        let remote: Progress = mp_core::handles::decode(&bytes, fds).unwrap();
+        remote.store(finished(5));
+        assert_eq!(decode(c.load()), (5, 5));
+    }
+}

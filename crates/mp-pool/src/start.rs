@@ -5,7 +5,7 @@
 //! descriptor of it for sending (the reader and the writer keep separate buffers), and
 //! what `mp_process` keeps for a child (its pidfd, and the socket its outcome would
 //! arrive on). Progress words share one region for the whole pool. So 4 per worker:
-//! about 250 workers fit at `ulimit -n 1024`.
+//! a `Pool(200)` runs at `ulimit -n 1024`.
 use crate::handler::{Reader, Shared, WorkerHandle, WorkerSlot};
 use crate::worker::{worker_main, WorkerConfig, MAX_MESSAGE};
 use crate::PoolError;
