@@ -46,6 +46,15 @@ pub enum PoolError {
         /// Python's exitcode: the exit code, or `-N` for signal N (`None` if unknown).
         exitcode: Option<i32>,
     },
+    /// After `close()`, with every task done, a worker did not exit within 30 s of being
+    /// told to: it was killed, and `join()` reports it (the first such worker).
+    #[error("worker {name} (pid {pid}) did not exit within 30 s of close(), with no task left; it was killed")]
+    StuckWorker {
+        /// The worker's pid.
+        pid: i32,
+        /// The worker's name.
+        name: String,
+    },
     /// The pool was terminated (or dropped) before the task finished.
     #[error("the pool was terminated before the task finished")]
     Terminated,

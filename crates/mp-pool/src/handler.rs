@@ -9,20 +9,21 @@
 //! Every other send fits in the socket buffer by construction (see `budget`), so a send
 //! never waits on a worker that is itself waiting for the handler to read its replies.
 //! Sinks and callbacks run with no lock held.
+use crate::progress::{self, Board};
 use crate::result::{lock, ChunkOutcome, Sink};
+use crate::start::Origin;
 use crate::wire::{Encoded, Reply, TaskOut, WorkerMsg};
-use crate::worker::{decode_progress, worker_main, WorkerConfig, MAX_MESSAGE};
 use crate::PoolError;
 use mp_core::spin::{may_spin, SPIN};
 use mp_core::Deadline;
 use mp_pipe::{Connection, Waitable};
 use mp_process::{Process, RemoteTarget, StartMethod};
-use mp_shm::RawValue;
 use rustix::event::epoll;
 use std::collections::VecDeque;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Each worker is kept busy with about this much queued work, so that it never waits
@@ -31,8 +32,6 @@ const QUEUED_WORK: Duration = Duration::from_millis(1);
 /// ... within these bounds on the tasks handed to it and not yet reported.
 const MIN_DEPTH: usize = 2;
 const MAX_DEPTH: usize = 64;
-/// Socket buffer asked for on each worker's pipe.
-const SNDBUF: usize = 1 << 20;
 /// Kernel bookkeeping per message, counted against the budget.
 const MSG_OVERHEAD: usize = 1024;
 /// Workers that die before they are ready, in a row, before the pool gives up.
@@ -54,7 +53,7 @@ pub(crate) struct Task {
     pub args: Encoded,
 }
 
-struct InFlight {
+pub(crate) struct InFlight {
     seq: u64,
     task: Task,
     cost: usize,
@@ -62,34 +61,35 @@ struct InFlight {
 }
 
 /// The scheduler's view of one worker.
-struct WorkerSlot {
-    key: u64,
-    pid: i32,
-    name: String,
-    writer: Connection,
-    in_flight: VecDeque<InFlight>,
-    in_flight_bytes: usize,
-    next_seq: u64,
-    sent: u64,
-    ewma_ns: u64,
-    last_reply: Instant,
-    budget: usize,
-    progress: RawValue<AtomicU64>,
-    reader: SharedReader,
-    /// A duplicate of the worker's pidfd, for a reader in `get` (see [`Shared::help`]).
-    sentinel: Option<Arc<OwnedFd>>,
+pub(crate) struct WorkerSlot {
+    pub key: u64,
+    pub pid: i32,
+    pub name: String,
+    pub writer: Connection,
+    pub in_flight: VecDeque<InFlight>,
+    pub in_flight_bytes: usize,
+    pub next_seq: u64,
+    pub sent: u64,
+    pub ewma_ns: u64,
+    pub last_reply: Instant,
+    pub budget: usize,
+    pub progress: progress::Slot,
+    pub reader: SharedReader,
+    /// The worker's process, shared with the handler's [`WorkerHandle`]: its pidfd
+    /// serves a reader in `get` too (see [`Shared::help`]).
+    pub process: Arc<Process<()>>,
 }
 
 /// The read side of a worker's pipe. The handler reads it; so may a thread waiting in
 /// `get` for the one task it has on that worker ([`Shared::help`]), which takes it out
 /// of the handler's epoll set meanwhile.
 pub(crate) struct Reader {
-    conn: Connection,
+    pub conn: Connection,
     /// The worker is gone and forgotten: nobody puts it back in the epoll set.
-    retired: bool,
+    pub retired: bool,
 }
 
-type SharedReader = Arc<Mutex<Reader>>;
+pub(crate) type SharedReader = Arc<Mutex<Reader>>;
 
 impl WorkerSlot {
     fn depth(&self) -> usize {
@@ -103,9 +103,9 @@ impl WorkerSlot {
 
 /// The handler thread's side of one worker.
 pub(crate) struct WorkerHandle {
-    key: u64,
-    reader: SharedReader,
-    process: Process<()>,
+    pub key: u64,
+    pub reader: SharedReader,
+    pub process: Arc<Process<()>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,13 +120,26 @@ type Deliveries = Vec<(Arc<dyn Sink>, usize, ChunkOutcome)>;
 
 pub(crate) fn deliver_failures(f: Failures) {
     for (sink, index, e) in f {
-        sink.deliver(index, Err(e));
+        deliver_one(&*sink, index, Err(e));
     }
 }
 
 fn deliver(d: Deliveries) {
     for (sink, index, outcome) in d {
-        sink.deliver(index, outcome);
+        deliver_one(&*sink, index, outcome);
+    }
+}
+
+/// Hands one chunk to its job. A sink runs the caller's code (a result's `Deserialize`,
+/// which `decode_chunk` already turns into the task's error; a result's `Drop`): a
+/// panic that still escapes is caught here, so that neither the handler thread nor a
+/// reader holding a worker's pipe unwinds out of the pool's bookkeeping.
+fn deliver_one(sink: &dyn Sink, index: usize, outcome: ChunkOutcome) {
+    if let Err(p) = catch_unwind(AssertUnwindSafe(|| sink.deliver(index, outcome))) {
+        tracing::error!(
+            panic = %crate::result::panic_text(&*p),
+            "pool: delivering a result panicked; the panic was caught"
+        );
     }
 }
 
@@ -134,11 +147,13 @@ fn deliver(d: Deliveries) {
 pub(crate) struct State {
     pub status: Status,
     queue: VecDeque<Task>,
-    workers: Vec<WorkerSlot>,
+    pub workers: Vec<WorkerSlot>,
     pub broken: Option<PoolError>,
     /// Lazy jobs (imap iterators) that may still submit after `close()`.
     pub open_lazy: usize,
     failed_starts: u32,
+    /// A worker that had to be killed after `close()`: `join()` reports it.
+    pub stuck: Option<PoolError>,
 }
 
 impl State {
@@ -309,8 +324,8 @@ impl State {
             return (f, false);
         };
         let slot = self.workers.remove(pos);
-        let p = slot.progress.load(Ordering::Acquire);
-        let (started, _finished) = decode_progress(p);
+        let p = slot.progress.load();
+        let (started, _finished) = progress::decode(p);
         let broken = PoolError::BrokenWorker {
             pid: slot.pid,
             name: slot.name.clone(),
@@ -354,11 +369,7 @@ impl State {
     fn next_step(&mut self) -> Step {
         match self.status {
             Status::Terminated => Step::Shutdown { graceful: false },
-            Status::Closed if self.drained() => {
-                // Closing our ends tells the workers to exit.
-                self.workers.clear();
-                Step::Shutdown { graceful: true }
-            }
+            Status::Closed if self.drained() => Step::Shutdown { graceful: true },
             _ => Step::Wait {
                 expecting: self.workers.iter().any(|w| !w.in_flight.is_empty()),
             },
@@ -390,7 +401,7 @@ pub(crate) struct Shared {
     wake: OwnedFd,
     /// What the handler waits on: `wake` (data 0), each worker's reader (`2 * key`) and
     /// pidfd (`2 * key + 1`).
-    epoll: OwnedFd,
+    pub epoll: OwnedFd,
     /// Bumped each time a reader in `get` takes a worker's reader: the handler then
     /// checks a reader is still readable before it reads.
     helps: AtomicU64,
@@ -398,12 +409,14 @@ pub(crate) struct Shared {
     /// handler thread.
     deferred: Mutex<Deliveries>,
     pub cfg: Config,
-    next_key: AtomicU64,
+    /// The workers' progress words.
+    pub board: Arc<Board>,
+    pub next_key: AtomicU64,
     next_job: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(cfg: Config) -> Result<Self, PoolError> {
+    pub fn new(cfg: Config, processes: usize) -> Result<Self, PoolError> {
         use rustix::event::{eventfd, EventfdFlags};
         let io = |e: rustix::io::Errno| PoolError::Io(e.to_string());
         let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(io)?;
@@ -423,12 +436,14 @@ impl Shared {
                 broken: None,
                 open_lazy: 0,
                 failed_starts: 0,
+                stuck: None,
             }),
             wake,
             epoll: ep,
             helps: AtomicU64::new(0),
             deferred: Mutex::new(Vec::new()),
             cfg,
+            board: Board::new(processes)?,
             next_key: AtomicU64::new(1),
             next_job: AtomicU64::new(1),
         })
@@ -441,6 +456,12 @@ impl Shared {
     /// Wakes the handler thread (after a change of status).
     pub fn wake(&self) {
         let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// In the handler thread: takes the wake-up, so the eventfd reads empty again.
+    pub fn drain_wake(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.wake, &mut buf);
     }
 
     /// Queues tasks and dispatches what the workers have room for. `lazy`: the tasks
@@ -462,100 +483,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Starts worker number `number`. `allow_fork_threads`: see the crate docs on fork.
-    pub fn start_worker(
-        &self,
-        number: usize,
-        allow_fork_threads: bool,
-    ) -> Result<(WorkerHandle, WorkerSlotBox), PoolError> {
-        let io = |e: &dyn std::fmt::Display| PoolError::Start(e.to_string());
-        let (mut reader, child_end) = mp_pipe::pipe().map_err(|e| io(&e))?;
-        reader.set_max_message_size(MAX_MESSAGE);
-        let progress = RawValue::new(AtomicU64::new(0)).map_err(|e| io(&e))?;
-        let init = match &self.cfg.init {
-            Some((t, a)) => Some((*t, a.try_clone().map_err(|e| io(&e))?)),
-            None => None,
-        };
-        let wc = WorkerConfig {
-            init,
-            maxtasks: self.cfg.maxtasks,
-            progress: progress.clone(),
-        };
-        let prefix = match self.cfg.method {
-            StartMethod::Spawn => "Spawn",
-            StartMethod::Forkserver => "Forkserver",
-            StartMethod::Fork => "Fork",
-        };
-        let name = format!("{prefix}PoolWorker-{number}");
-        let mut b = Process::new(worker_main, (child_end, wc))
-            .daemon(true)
-            .name(name.clone())
-            .start_method(self.cfg.method);
-        if allow_fork_threads {
-            b = b.allow_fork_with_threads();
-        }
-        let process = b.start().map_err(|e| io(&e))?;
-        // A second Connection on the same socket, for sending: its own buffers, so the
-        // handler reads while submitters write.
-        let writer = mp_core::handles::encode(&reader)
-            .and_then(|(b, f)| mp_core::handles::decode::<Connection>(&b, f))
-            .map_err(|e| io(&e))?;
-        let budget = writer
-            .fd()
-            .ok()
-            .and_then(|fd| {
-                let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, SNDBUF);
-                rustix::net::sockopt::socket_send_buffer_size(fd).ok()
-            })
-            .map_or(64 << 10, |b| (b / 2).clamp(32 << 10, 512 << 10));
-        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let reader_fd = reader.fd().map_err(|e| io(&e))?;
-        let watch = |fd: BorrowedFd<'_>, data: u64| {
-            epoll::add(
-                &self.epoll,
-                fd,
-                epoll::EventData::new_u64(data),
-                epoll::EventFlags::IN,
-            )
-            .map_err(|e| io(&e))
-        };
-        watch(reader_fd, 2 * key)?;
-        watch(process.sentinel(), 2 * key + 1)?;
-        let sentinel = process.sentinel().try_clone_to_owned().ok().map(Arc::new);
-        let reader = Arc::new(Mutex::new(Reader {
-            conn: reader,
-            retired: false,
-        }));
-        let slot = WorkerSlot {
-            key,
-            pid: process.pid(),
-            name,
-            writer,
-            in_flight: VecDeque::new(),
-            in_flight_bytes: 0,
-            next_seq: 1,
-            sent: 0,
-            ewma_ns: 0,
-            last_reply: Instant::now(),
-            budget,
-            progress,
-            reader: reader.clone(),
-            sentinel,
-        };
-        Ok((
-            WorkerHandle {
-                key,
-                reader,
-                process,
-            },
-            WorkerSlotBox(slot),
-        ))
-    }
-
     /// Adds a started worker to the scheduler and gives it work.
-    pub fn add_worker(&self, slot: WorkerSlotBox) {
+    pub fn add_worker(&self, slot: WorkerSlot) {
         let mut st = lock(&self.state);
-        st.workers.push(slot.0);
+        st.workers.push(slot);
         let f = st.dispatch(self.cfg.maxtasks);
         drop(st);
         deliver_failures(f);
@@ -575,42 +506,6 @@ impl Shared {
         deliver_failures(f);
         self.wake();
     }
-}
-
-/// A worker's scheduler slot, on its way into the state.
-pub(crate) struct WorkerSlotBox(WorkerSlot);
-
-/// Kills (or, when `graceful`, waits for) the workers and reaps them.
-fn reap_all(handles: Vec<WorkerHandle>, graceful: bool) {
-    let mut handles = handles;
-    if !graceful {
-        for h in &handles {
-            let _ = h.process.terminate();
-        }
-    }
-    let grace = if graceful {
-        Duration::from_secs(30)
-    } else {
-        Duration::from_secs(2)
-    };
-    for h in &mut handles {
-        if h.process.join_timeout(grace).is_err() && h.process.is_alive() {
-            let _ = h.process.kill();
-            let _ = h.process.join_timeout(Duration::from_secs(10));
-        }
-    }
-}
-
-/// Reaps one worker that is gone (or going): its exit code.
-fn reap(h: &mut WorkerHandle) -> Option<i32> {
-    if matches!(
-        h.process.join_timeout(Duration::from_secs(5)),
-        Err(mp_process::ProcessError::Timeout(_))
-    ) {
-        let _ = h.process.kill();
-        let _ = h.process.join_timeout(Duration::from_secs(10));
-    }
-    h.process.exitcode()
 }
 
 /// What reading a worker gave.
@@ -704,6 +599,37 @@ fn read_worker(shared: &Shared, h: &WorkerHandle, helps: u64) -> Read {
     }
 }
 
+/// A worker's pipe lent to a reader in `get`: handed back to the handler's epoll set
+/// when dropped, however the reader leaves (a panic included), unless the worker was
+/// retired meanwhile. The reader's lock is held until then.
+struct Lent<'a> {
+    shared: &'a Shared,
+    key: u64,
+    reader: MutexGuard<'a, Reader>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if self.reader.retired {
+            return;
+        }
+        let back = match self.reader.conn.fd() {
+            Ok(fd) => epoll::add(
+                &self.shared.epoll,
+                fd,
+                epoll::EventData::new_u64(2 * self.key),
+                epoll::EventFlags::IN,
+            ),
+            Err(_) => Ok(()), // closed: nothing left to watch
+        };
+        if let Err(e) = back {
+            // Cannot happen with a live fd; fail loudly rather than hang silently.
+            tracing::error!(error = %e, "pool: could not hand a worker's pipe back to the handler; terminating the pool");
+            self.shared.terminate();
+        }
+    }
+}
+
 impl Shared {
     /// A thread waiting in `get` for the task it has on worker `key` reads that
     /// worker's replies itself, until `ready` (or the deadline, or the worker's death):
@@ -711,15 +637,14 @@ impl Shared {
     /// handler thread. The pipe leaves the handler's epoll set meanwhile, so the
     /// handler is not woken for it. Returns at once if another thread reads that pipe.
     pub fn help(&self, key: u64, ready: &AtomicBool, deadline: &Deadline) {
-        let (reader, sentinel) = {
+        let (reader, process) = {
             let st = lock(&self.state);
             match st.workers.iter().find(|w| w.key == key) {
-                Some(w) => (w.reader.clone(), w.sentinel.clone()),
+                Some(w) => (w.reader.clone(), w.process.clone()),
                 None => return,
             }
         };
-        let Some(sentinel) = sentinel else { return };
-        let Ok(mut r) = reader.try_lock() else { return };
+        let Ok(r) = reader.try_lock() else { return };
         if r.retired || ready.load(Ordering::Acquire) {
             return;
         }
@@ -727,17 +652,24 @@ impl Shared {
             Ok(fd) if epoll::delete(&self.epoll, fd).is_ok() => {}
             _ => return,
         }
+        let mut lent = Lent {
+            shared: self,
+            key,
+            reader: r,
+        };
+        let conn = &mut lent.reader.conn;
         self.helps.fetch_add(1, Ordering::AcqRel);
         let spin_until = may_spin().then(|| Instant::now() + SPIN);
+        let sentinel = process.sentinel();
         while !ready.load(Ordering::Acquire) {
-            if !r.conn.ready_now() {
+            if !conn.ready_now() {
                 let spinning = spin_until.is_some_and(|t| Instant::now() < t);
                 let timeout = if spinning {
                     Some(Duration::ZERO)
                 } else {
                     deadline.remaining()
                 };
-                let objs: [&dyn Waitable; 2] = [&r.conn, &*sentinel];
+                let objs: [&dyn Waitable; 2] = [&*conn, &sentinel];
                 match mp_pipe::wait(&objs, timeout) {
                     Ok(v) if v.is_empty() => {
                         if deadline.expired() {
@@ -752,32 +684,18 @@ impl Shared {
                     Err(_) => break,
                 }
             }
-            if matches!(read_one(self, key, &mut r.conn, false), Read::Gone) {
+            if matches!(read_one(self, key, conn, false), Read::Gone) {
                 break;
             }
         }
         // What is already buffered goes now: epoll would not announce it.
-        while r.conn.ready_now() {
-            if matches!(read_one(self, key, &mut r.conn, false), Read::Gone) {
+        while conn.ready_now() {
+            if matches!(read_one(self, key, conn, false), Read::Gone) {
                 break;
             }
         }
-        // Back to the handler (which also sees an end of file met here).
-        let back = match r.conn.fd() {
-            Ok(fd) => epoll::add(
-                &self.epoll,
-                fd,
-                epoll::EventData::new_u64(2 * key),
-                epoll::EventFlags::IN,
-            ),
-            Err(_) => Ok(()), // closed: nothing left to watch
-        };
-        drop(r);
-        if let Err(e) = back {
-            // Cannot happen with a live fd; fail loudly rather than hang silently.
-            tracing::error!(error = %e, "pool: could not hand a worker's pipe back to the handler; terminating the pool");
-            self.terminate();
-        }
+        // Dropping `lent` hands the pipe back to the handler (which also sees an end of
+        // file met here).
     }
 }
 
@@ -803,7 +721,7 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
                 // Results a reader in `get` handed over (see `read_one`).
                 let later = std::mem::take(&mut *lock(&shared.deferred));
                 deliver(later);
-                reap_all(handles, graceful);
+                crate::reap::stop_workers(&shared, handles, graceful);
                 return;
             }
             Step::Wait { expecting } => expecting && may_spin(),
@@ -849,8 +767,7 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
         for ev in &events {
             let data = ev.data.u64();
             if data == 0 {
-                let mut buf = [0u8; 8];
-                let _ = rustix::io::read(&shared.wake, &mut buf);
+                shared.drain_wake();
                 let later = std::mem::take(&mut *lock(&shared.deferred));
                 deliver(later);
                 fresh = false;
@@ -881,7 +798,7 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
             let Some(i) = handles.iter().position(|h| h.key == key) else {
                 continue;
             };
-            let mut h = handles.remove(i);
+            let h = handles.remove(i);
             let _ = epoll::delete(&shared.epoll, h.process.sentinel());
             {
                 // A reader in `get` polls the pidfd too, and lets go of the pipe.
@@ -897,14 +814,14 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
                     }
                 }
             }
-            let exitcode = reap(&mut h);
+            let exitcode = crate::reap::reap(&h.process);
             let (f, replace) = lock(&shared.state).on_death(h.key, exitcode);
             deliver_failures(f);
             if replace {
                 number += 1;
                 // Forked from this thread, the only one of the pool's, which holds no
                 // lock at this point: see "fork" in the crate docs.
-                match shared.start_worker(number, true) {
+                match shared.start_worker(number, Origin::Replacement) {
                     Ok((handle, slot)) => {
                         shared.add_worker(slot);
                         handles.push(handle);

@@ -43,6 +43,8 @@
 //!   the error, then ends. The pool stays usable either way.
 //! - [`Pool::close`], [`Pool::join`] (an error while running), [`Pool::terminate`];
 //!   dropping a pool terminates it. Submitting after close is [`PoolError::NotRunning`].
+//!   `close(); join()` returns as soon as every task is done and the workers have left
+//!   (with exit code 0); another thread may `terminate()` while a `join` waits.
 //!
 //! # Errors
 //!
@@ -50,6 +52,8 @@
 //! location); the other tasks of the same `map` complete, and `map` returns the first
 //! failure in input order (as Python raises the first failing task's exception).
 //! Arguments that fail to serialize are an error in the caller and nothing is submitted.
+//! A result that does not decode in the parent, or whose `Deserialize` panics there,
+//! fails its task with [`PoolError::Decode`]; the pool keeps serving.
 //!
 //! Beyond Python: a worker that dies in the middle of a task (SIGKILL, abort, a
 //! segfault) makes that task fail at once with [`PoolError::BrokenWorker`], naming the
@@ -95,26 +99,45 @@
 //! - **Initializer**: run once per worker before its first task. If it panics, the pool
 //!   is broken: pending and later tasks fail with [`PoolError::Initializer`] (as
 //!   `concurrent.futures` does; CPython's `Pool` restarts workers for ever).
-//! - **fork**: the first workers are started before the handler thread exists, so the
-//!   `fork` start method sees a single-threaded parent (or is refused, as
-//!   `mp_process` does, unless [`PoolBuilder::allow_fork_with_threads`]). Replacements
-//!   are forked by the handler thread with `allow_fork_with_threads`: the child runs
-//!   only the worker loop; glibc's `fork` keeps `malloc` usable in the child; the
-//!   forking thread holds none of the pool's locks; and the pool's other state is never
-//!   touched in the child. What remains is a lock held at that instant by another
-//!   thread of *your* program (stdout, a mutex of yours) that a task then takes: use
-//!   `spawn` or `forkserver` if your tasks need such locks in a threaded program.
-//! - **terminate** (and drop) fails every unfinished task with
+//! - **Start methods**: every worker, first or replacement, is started with the
+//!   pool's start method. Under `spawn` and `forkserver` nothing forks the caller's
+//!   process. Under `fork`, the first workers are started before the handler thread
+//!   exists, so `fork` sees a single-threaded parent (or is refused, as `mp_process`
+//!   does, unless [`PoolBuilder::allow_fork_with_threads`]). Replacements under `fork`
+//!   (after a death, or `maxtasksperchild`) are, for now, forked by the handler thread
+//!   with the threads opt-in: the child runs only the worker loop; glibc's `fork` keeps
+//!   `malloc` usable in the child; the forking thread holds none of the pool's locks;
+//!   and the pool's other state is never touched in the child. What remains is a lock
+//!   held at that instant by another thread of *your* program (stdout, a mutex of
+//!   yours) that a task then takes, and a replacement sees your program's memory as it
+//!   is when it is forked, not as it was at `build()`: use `spawn` or `forkserver` if
+//!   that matters. (The plan: fork replacements from a single-threaded template forked
+//!   at `build()`.)
+//! - **Descriptors**: the parent holds 4 fds per worker (its end of the worker's pipe
+//!   and a second descriptor of it for sending, the worker's pidfd, and the socket
+//!   `mp_process` keeps for a child's outcome), plus a few for the whole pool (an
+//!   epoll, an eventfd, one shared-memory region for every worker's progress word):
+//!   a `Pool(200)` runs at `ulimit -n 1024`. A worker holds its own end of its
+//!   pipe, never another worker's; whoever else may hold a descriptor of the parent's
+//!   end, the pool tells a worker to leave with `shutdown(SHUT_WR)` of that end, and
+//!   sees its death on its pidfd, never by waiting for end of file.
+//! - **close** + **join** lets every task finish, then ends each worker's pipe
+//!   (`shutdown`), which the workers take as their cue to exit with code 0; the handler
+//!   waits for them on their pidfds. One still there 30 s later is killed and `join`
+//!   returns [`PoolError::StuckWorker`]. A `terminate()` during that wait is heard at
+//!   once. **terminate** (and drop) fails every unfinished task with
 //!   [`PoolError::Terminated`], sends SIGTERM to the workers (SIGKILL after 2 s) and
-//!   reaps them; **close** + **join** lets every task finish, then closes the pipes,
-//!   which the workers take as their cue to exit.
+//!   reaps them.
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
 mod error;
 mod handler;
 mod imap;
 mod pool;
+mod progress;
+mod reap;
 mod result;
+mod start;
 mod wire;
 mod worker;
 

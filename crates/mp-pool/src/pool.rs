@@ -2,6 +2,7 @@
 use crate::handler::{run_handler, Config, Shared, Status, Task};
 use crate::imap::{IMapIter, IMapUnorderedIter, Lazy};
 use crate::result::{complete, lock, AsyncResult, Callbacks, CollectSink, ResultCell, Sink};
+use crate::start::Origin;
 use crate::wire::{Encoded, SeqOfOne};
 use crate::worker::chunk_target;
 use crate::PoolError;
@@ -92,12 +93,15 @@ impl PoolBuilder {
             maxtasks,
             init,
         };
-        let shared = Arc::new(Shared::new(cfg)?);
+        let shared = Arc::new(Shared::new(cfg, processes)?);
         // All first workers start before the handler thread exists, so `fork` sees a
         // single-threaded parent (unless the program has threads of its own).
         let mut handles = Vec::with_capacity(processes);
         for i in 1..=processes {
-            match shared.start_worker(i, self.allow_fork_threads) {
+            let origin = Origin::First {
+                allow_fork_threads: self.allow_fork_threads,
+            };
+            match shared.start_worker(i, origin) {
                 Ok((h, slot)) => {
                     shared.add_worker(slot);
                     handles.push(h);
@@ -672,20 +676,28 @@ impl Pool {
 
     /// Waits for the workers to exit, after [`close`](Self::close) (every task done) or
     /// [`terminate`](Self::terminate). [`PoolError::StillRunning`] on a running pool.
-    pub fn join(&mut self) -> Result<(), PoolError> {
+    ///
+    /// As in Python, another thread may call [`terminate`](Self::terminate) while this
+    /// waits: the wait then ends as soon as the workers are stopped.
+    pub fn join(&self) -> Result<(), PoolError> {
         if lock(&self.shared.state).status == Status::Running {
             return Err(PoolError::StillRunning);
         }
         self.join_handler();
-        Ok(())
+        match lock(&self.shared.state).stuck.clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
+    /// Waits for the handler thread to finish. Every caller waits: the first joins the
+    /// thread under the lock, the others wait for that lock.
     fn join_handler(&self) {
         if std::thread::current().id() == self.handler_id {
             return; // from a callback: the handler finishes on its own
         }
-        let h = lock(&self.handler).take();
-        if let Some(h) = h {
+        let mut h = lock(&self.handler);
+        if let Some(h) = h.take() {
             let _ = h.join();
         }
     }

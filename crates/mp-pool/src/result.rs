@@ -28,11 +28,37 @@ pub(crate) trait Sink: Send + Sync {
     }
 }
 
+/// The text of a panic's payload.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_string()
+    }
+}
+
 /// Decodes one chunk's results, checking it has the expected number of items.
+///
+/// The result type's `Deserialize` is the caller's code, run here in the handler thread
+/// or in a reader in `get`: if it panics, that panic is this chunk's error
+/// ([`PoolError::Decode`]), and the thread goes on serving the pool.
 pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: ChunkOutcome, len: usize) -> Chunk<R> {
     let (bytes, fds) = outcome?;
-    let v: ChunkResult<R> =
-        mp_core::handles::decode(&bytes, fds).map_err(|e| PoolError::Decode(e.to_string()))?;
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        mp_core::handles::decode::<ChunkResult<R>>(&bytes, fds)
+    }));
+    let v = match decoded {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return Err(PoolError::Decode(e.to_string())),
+        Err(payload) => {
+            return Err(PoolError::Decode(format!(
+                "the result's Deserialize panicked: {}",
+                panic_text(&*payload)
+            )))
+        }
+    };
     if v.len() != len {
         return Err(PoolError::Decode(format!(
             "a chunk of {len} items came back with {} results",

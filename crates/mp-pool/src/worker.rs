@@ -1,16 +1,15 @@
 //! The worker side: the loop each worker process runs, and the chunk function that
 //! runs one task's items with a panic caught per item.
+use crate::progress::{finished, started, Progress};
 use crate::wire::{ChunkResult, Encoded, Reply, TaskFailure, TaskIn, WorkerMsg};
 use crate::PoolError;
 use mp_pipe::Connection;
 use mp_process::{ProcessError, RemoteTarget, Target};
-use mp_shm::RawValue;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Replies of short tasks are batched, but never held longer than this.
@@ -26,27 +25,8 @@ pub(crate) const MAX_MESSAGE: u64 = 1 << 40;
 pub(crate) struct WorkerConfig {
     pub init: Option<(RemoteTarget, Encoded)>,
     pub maxtasks: Option<u64>,
-    /// Progress, in shared memory, read by the parent if this worker dies: 0 before the
-    /// initializer finished, 1 once ready, `2s+1` while task `s` runs and `2s+2` once
-    /// it finished. Tasks sent after the one that was running never started, so the
-    /// parent hands them to another worker instead of failing them.
-    pub progress: RawValue<AtomicU64>,
-}
-
-/// Progress word values (see [`WorkerConfig::progress`]).
-pub(crate) fn started(seq: u64) -> u64 {
-    2 * seq + 1
-}
-pub(crate) fn finished(seq: u64) -> u64 {
-    2 * seq + 2
-}
-/// Decodes a progress word: (seq of the last task started, seq of the last finished).
-pub(crate) fn decode_progress(p: u64) -> (u64, u64) {
-    if p <= 1 {
-        (0, 0)
-    } else {
-        ((p - 1) / 2, (p - 2) / 2)
-    }
+    /// Where it writes which task it is running (see [`crate::progress`]).
+    pub progress: Progress,
 }
 
 thread_local! {
@@ -137,7 +117,7 @@ pub(crate) fn worker_main(mut conn: Connection, cfg: WorkerConfig) {
         }
     }
     let progress = cfg.progress;
-    progress.store(1, Ordering::Release);
+    progress.store(1);
     let mut queue: VecDeque<TaskIn> = VecDeque::new();
     let mut out: Vec<Reply> = Vec::new();
     let mut out_bytes = 0usize;
@@ -163,7 +143,7 @@ pub(crate) fn worker_main(mut conn: Connection, cfg: WorkerConfig) {
             continue;
         };
         let seq = task.seq;
-        progress.store(started(seq), Ordering::Release);
+        progress.store(started(seq));
         let (bytes, fds) = task.args.into_parts();
         let reply = match task.target.call(&bytes, fds) {
             Ok((b, f)) => Reply::Done {
@@ -175,7 +155,7 @@ pub(crate) fn worker_main(mut conn: Connection, cfg: WorkerConfig) {
                 error: e.to_string(),
             },
         };
-        progress.store(finished(seq), Ordering::Release);
+        progress.store(finished(seq));
         if out.is_empty() {
             out_since = Instant::now();
         }

@@ -40,16 +40,14 @@ fn panics_on_3(x: u64) -> u64 {
     }
     x + 1
 }
-fn sleep_ms(ms: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
-}
 fn die_by_sigkill(x: u64) -> u64 {
     if x == 3 {
-        std::thread::sleep(Duration::from_millis(20));
         let _ =
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        std::thread::sleep(Duration::from_secs(60));
+        // The signal may land a moment after the call returns (other threads).
+        loop {
+            std::thread::park();
+        }
     }
     x
 }
@@ -65,6 +63,15 @@ fn die_by_segfault(x: u64) -> u64 {
         unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
     }
     x
+}
+/// Waits (at most a minute) for `go`; whether it came.
+fn wait_for(go: mp_sync::Event) -> bool {
+    go.wait(Some(Duration::from_secs(60)))
+}
+/// Says it started, then waits (at most a minute) for `go`.
+fn started_then_wait_for(started: mp_sync::Event, go: mp_sync::Event) -> bool {
+    started.set();
+    go.wait(Some(Duration::from_secs(60)))
 }
 fn len_of(v: Vec<u8>) -> usize {
     v.len()
@@ -124,6 +131,127 @@ fn pid_exists(pid: i32) -> bool {
         && std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| !s.contains(") Z "))
             .unwrap_or(false)
+}
+
+/// A join that only ends by killing workers takes longer than this: after `close()`,
+/// each worker is given 30 s to exit before it is killed.
+const JOIN_BOUND: Duration = Duration::from_secs(20);
+
+/// Runs `f` on another thread and waits at most `bound` for it to return.
+fn within<T: Send>(bound: Duration, what: &str, f: impl FnOnce() -> T + Send) -> Result<T, Failed> {
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        let h = s.spawn(move || {
+            let _ = tx.send(f());
+        });
+        let got = rx
+            .recv_timeout(bound)
+            .map_err(|_| format!("{what} did not return within {bound:?}"))?;
+        joined(h);
+        Ok(got)
+    })
+}
+
+/// Joins a thread that has done its work. A scope's implicit join returns once the
+/// thread's closure ended, while the thread may still exist a moment longer: under
+/// fork, the next test must find this process single-threaded.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) {
+    let _ = h.join();
+}
+
+/// A pidfd of process `pid` (open it while the process is known to live).
+fn pidfd(pid: i32) -> Result<std::os::fd::OwnedFd, Failed> {
+    let pid = rustix::process::Pid::from_raw(pid).ok_or("pid 0")?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
+}
+
+/// Waits (at most `bound`) for the process of pidfd `fd` to exit.
+fn exits_within(fd: &std::os::fd::OwnedFd, bound: Duration) -> Result<bool, Failed> {
+    let ts = rustix::time::Timespec {
+        tv_sec: bound.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    let mut p = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+    Ok(rustix::event::poll(&mut p, Some(&ts))? > 0)
+}
+
+/// In a worker: a thread takes stdout's lock for good, so the worker's exit (which
+/// flushes stdout) never finishes: a worker that does not leave when told to.
+fn hold_stdout_forever() -> i32 {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _g = std::io::stdout().lock();
+        let _ = tx.send(());
+        loop {
+            std::thread::park();
+        }
+    });
+    let _ = rx.recv();
+    std::process::id() as i32
+}
+
+/// A result whose `Deserialize` panics (in the parent only) on 13.
+#[derive(Debug, Serialize)]
+struct Touchy(u64);
+impl<'de> Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        if v == 13 && mp_process::parent_process().is_none() {
+            panic!("touchy about {v}");
+        }
+        Ok(Touchy(v))
+    }
+}
+fn touchy(x: u64) -> Touchy {
+    Touchy(x)
+}
+
+fn is_touchy_error(r: &Result<impl std::fmt::Debug, PoolError>) -> bool {
+    matches!(r, Err(PoolError::Decode(m)) if m.contains("touchy about 13"))
+}
+
+fn open_fds() -> Result<usize, Failed> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count())
+}
+
+/// Set in a copy of this test binary started to run [`pool_of_200_at_1024_fds`] alone.
+const FD_LIMIT_CHILD: &str = "MP_POOL_TEST_FD_LIMIT_CHILD";
+
+/// Run alone, in a copy of this test binary started for the purpose (so no other test
+/// runs under the lowered limit, or opens fds while they are counted): lowers
+/// RLIMIT_NOFILE to 1024, then starts a pool of 200 workers, counts the fds it costs,
+/// and runs a map on it.
+fn pool_of_200_at_1024_fds() -> R {
+    let n = 200;
+    let limit = rustix::process::Rlimit {
+        current: Some(1024),
+        maximum: Some(1024),
+    };
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
+    let before = open_fds()?;
+    let p = Pool::new(n)?;
+    let cost = open_fds()? - before;
+    // 4 per worker, and a few for the pool (epoll, eventfd, progress words, and the
+    // forkserver's, started with the first worker).
+    ensure(
+        cost <= 4 * n + 8,
+        format!("{cost} fds for {n} workers ({before} open before)"),
+    )?;
+    let pids: HashSet<i32> = p.worker_pids().into_iter().collect();
+    ensure(pids.len() == n, format!("{} workers of {n}", pids.len()))?;
+    let want: Vec<u64> = (0..4 * n as u64).map(square).collect();
+    ensure(
+        p.map_with_chunksize(square, 0..4 * n as u64, 1)? == want,
+        "a map",
+    )
+}
+
+static LATE: AtomicU64 = AtomicU64::new(0);
+fn late_value(_: u64) -> u64 {
+    LATE.load(Ordering::SeqCst)
 }
 
 // ---- tests -------------------------------------------------------------------------
@@ -282,7 +410,8 @@ fn imap_is_ordered_lazy_and_bounded() -> R {
 
 fn imap_next_timeout() -> R {
     let p = pool(1)?;
-    let mut it = p.imap(sleep_ms, vec![1500u64, 1])?;
+    let go = mp_sync::Event::new()?;
+    let mut it = p.imap(wait_for, vec![go.clone(), go.clone()])?;
     ensure(
         matches!(
             it.next_timeout(Duration::from_millis(50)),
@@ -290,11 +419,12 @@ fn imap_next_timeout() -> R {
         ),
         "times out first",
     )?;
+    go.set();
     ensure(
-        matches!(it.next_timeout(PROMPT), Some(Ok(1500))),
+        matches!(it.next_timeout(PROMPT), Some(Ok(true))),
         "then comes",
     )?;
-    ensure(matches!(it.next(), Some(Ok(1))), "second")?;
+    ensure(matches!(it.next(), Some(Ok(true))), "second")?;
     ensure(it.next().is_none(), "end")
 }
 
@@ -447,7 +577,7 @@ fn maxtasksperchild_replaces_workers() -> R {
     ensure(p.worker_pids() != before, "pids changed")?;
     drop(p); // under fork, a second pool needs a single-threaded parent
              // close + join with maxtasksperchild=1 does not hang.
-    let mut p1 = Pool::builder().processes(2).maxtasksperchild(1).build()?;
+    let p1 = Pool::builder().processes(2).maxtasksperchild(1).build()?;
     let mut r = p1.map_async_with(square, 0..10u64, Some(1), Callbacks::new())?;
     p1.close();
     p1.join()?;
@@ -533,12 +663,13 @@ fn connection_as_argument() -> R {
 }
 
 fn close_join_terminate() -> R {
-    let mut p = pool(2)?;
+    let p = pool(2)?;
     ensure(
         matches!(p.join(), Err(PoolError::StillRunning)),
         "join while running",
     )?;
-    let mut r = p.map_async_with(sleep_ms, vec![100u64; 6], Some(1), Callbacks::new())?;
+    let go = mp_sync::Event::new()?;
+    let mut r = p.map_async_with(wait_for, vec![go.clone(); 6], Some(1), Callbacks::new())?;
     p.close();
     ensure(
         matches!(p.apply(add, (1, 1)), Err(PoolError::NotRunning)),
@@ -553,15 +684,19 @@ fn close_join_terminate() -> R {
         "imap after close",
     )?;
     let pids = p.worker_pids();
+    ensure(!r.ready(), "the tasks wait")?;
+    go.set();
     p.join()?;
     ensure(r.ready(), "close + join lets the tasks finish")?;
-    ensure(r.get()? == vec![100u64; 6], "their results")?;
+    ensure(r.get()? == vec![true; 6], "their results")?;
     ensure(pids.iter().all(|&pid| !pid_exists(pid)), "workers exited")?;
 
     // terminate during a long map_async: prompt, and the result fails.
     let p = pool(2)?;
-    let mut r = p.map_async_with(sleep_ms, vec![5000u64; 4], Some(1), Callbacks::new())?;
-    std::thread::sleep(Duration::from_millis(100));
+    let (started, never) = (mp_sync::Event::new()?, mp_sync::Event::new()?);
+    let args = vec![(started.clone(), never.clone()); 4];
+    let mut r = p.starmap_async_with(started_then_wait_for, args, Some(1), Callbacks::new())?;
+    ensure(started.wait(Some(PROMPT)), "a task started")?;
     let pids = p.worker_pids();
     let t = Instant::now();
     p.terminate();
@@ -578,13 +713,12 @@ fn close_join_terminate() -> R {
         matches!(p.apply(add, (1, 1)), Err(PoolError::NotRunning)),
         "apply after terminate",
     )?;
-    let mut p = p;
     p.join()?;
 
     // Drop terminates (Python's `with`).
     let p = pool(2)?;
     let pids = p.worker_pids();
-    let mut r = p.apply_async(sleep_ms, (5000,))?;
+    let mut r = p.apply_async(wait_for, (never,))?;
     drop(p);
     ensure(
         matches!(r.get(), Err(PoolError::Terminated)),
@@ -669,7 +803,8 @@ fn failing_input_iterator() -> R {
 
 fn get_timeout_and_readiness() -> R {
     let p = pool(1)?;
-    let mut r = p.apply_async(sleep_ms, (1000,))?;
+    let go = mp_sync::Event::new()?;
+    let mut r = p.apply_async(wait_for, (go.clone(),))?;
     ensure(
         matches!(
             r.get_timeout(Duration::from_millis(50)),
@@ -683,11 +818,9 @@ fn get_timeout_and_readiness() -> R {
         "successful before ready",
     )?;
     ensure(!r.wait_timeout(Duration::from_millis(10)), "wait_timeout")?;
+    go.set();
     ensure(r.wait_timeout(PROMPT), "ready later")?;
-    ensure(
-        r.get_timeout(Duration::ZERO)? == 1000,
-        "value after the timeout",
-    )
+    ensure(r.get_timeout(Duration::ZERO)?, "value after the timeout")
 }
 
 fn callbacks_run_before_get_returns() -> R {
@@ -785,11 +918,174 @@ fn fork_from_a_threaded_parent_needs_opt_in() -> R {
     ensure(first.apply(add, (2, 2))? == 4, "the first still serves")
 }
 
+fn close_then_join_returns_as_the_workers_exit() -> R {
+    // Idle workers: Python's most common pattern, `close(); join()`.
+    let p = pool(2)?;
+    ensure(p.map(square, 0..10u64)?.len() == 10, "map")?;
+    let pids = p.worker_pids();
+    p.close();
+    within(JOIN_BOUND, "join after close", || p.join())??;
+    ensure(pids.iter().all(|&pid| !pid_exists(pid)), "workers exited")?;
+    drop(p);
+    // Busy workers: join returns once their tasks are done.
+    let p = pool(2)?;
+    let go = mp_sync::Event::new()?;
+    let mut r = p.map_async_with(wait_for, vec![go.clone(); 4], Some(1), Callbacks::new())?;
+    p.close();
+    go.set();
+    within(JOIN_BOUND, "join after close, tasks running", || p.join())??;
+    ensure(
+        r.get_timeout(Duration::ZERO)? == [true; 4],
+        "the tasks' results",
+    )
+}
+
+fn terminate_is_heard_while_join_waits() -> R {
+    let p = pool(2)?;
+    let stuck = p.apply(hold_stdout_forever, ())?;
+    let other = p
+        .worker_pids()
+        .into_iter()
+        .find(|&pid| pid != stuck)
+        .ok_or("two workers")?;
+    let other = pidfd(other)?;
+    p.close();
+    std::thread::scope(|s| -> R {
+        let (tx, rx) = mpsc::channel();
+        let pool = &p;
+        let h = s.spawn(move || {
+            let _ = tx.send(pool.join());
+        });
+        // The other worker leaves when told to: the join now waits for the stuck one.
+        ensure(
+            exits_within(&other, PROMPT)?,
+            "the other worker exits after close",
+        )?;
+        p.terminate();
+        let got = rx
+            .recv_timeout(JOIN_BOUND)
+            .map_err(|_| "join did not return after terminate")?;
+        joined(h);
+        ensure(got.is_ok(), format!("join: {got:?}"))
+    })?;
+    ensure(!pid_exists(stuck), "the stuck worker is gone")
+}
+
+fn terminate_wakes_a_reader_waiting_in_get() -> R {
+    let p = pool(1)?;
+    let (started, never) = (mp_sync::Event::new()?, mp_sync::Event::new()?);
+    let mut r = p.apply_async(started_then_wait_for, (started.clone(), never))?;
+    ensure(started.wait(Some(PROMPT)), "the task started")?;
+    std::thread::scope(|s| -> R {
+        let (tx, rx) = mpsc::channel();
+        // This reader reads the worker's pipe itself while it waits (one task, no
+        // callbacks), for a reply that never comes.
+        let h = s.spawn(move || {
+            let _ = tx.send(r.get());
+        });
+        within(JOIN_BOUND, "terminate", || p.terminate())?;
+        let got = rx
+            .recv_timeout(JOIN_BOUND)
+            .map_err(|_| "get did not return after terminate")?;
+        joined(h);
+        ensure(
+            matches!(got, Err(PoolError::Terminated)),
+            format!("get: {got:?}"),
+        )
+    })
+}
+
+fn a_panicking_result_decoder_fails_its_task_only() -> R {
+    // One worker, so every later task runs where the bad result came from.
+    let p = pool(1)?;
+    // A reader in get() reads the worker's pipe itself.
+    let mut r = p.apply_async(touchy, (13,))?;
+    ensure(is_touchy_error(&r.get_timeout(PROMPT)), "apply_async(13)")?;
+    for i in 0..3u64 {
+        let mut r = p.apply_async(touchy, (i,))?;
+        ensure(
+            matches!(r.get_timeout(PROMPT), Ok(Touchy(v)) if v == i),
+            "later tasks on that worker",
+        )?;
+    }
+    // With callbacks, the handler thread decodes.
+    let (tx, rx) = mpsc::channel();
+    let mut r = p.apply_async_with(
+        touchy,
+        (13,),
+        Callbacks::new().on_error(move |e| {
+            let _ = tx.send(e.to_string());
+        }),
+    )?;
+    ensure(is_touchy_error(&r.get_timeout(PROMPT)), "with callbacks")?;
+    ensure(
+        rx.recv_timeout(PROMPT)?.contains("touchy about 13"),
+        "the error callback",
+    )?;
+    ensure(
+        is_touchy_error(&p.map_async(touchy, 0..20u64)?.get_timeout(PROMPT)),
+        "map_async",
+    )?;
+    let items: Vec<_> = p.imap(touchy, 10..16u64)?.collect();
+    ensure(items.len() == 6, "imap yields every item")?;
+    for (i, it) in (10u64..).zip(&items) {
+        match it {
+            Ok(Touchy(v)) if *v == i && i != 13 => {}
+            Err(PoolError::Decode(m)) if i == 13 && m.contains("touchy about 13") => {}
+            other => return Err(format!("imap item {i}: {other:?}").into()),
+        }
+    }
+    let mut r = p.map_async(square, 0..5u64)?;
+    ensure(
+        r.get_timeout(PROMPT)? == [0, 1, 4, 9, 16],
+        "the pool keeps serving",
+    )
+}
+
+fn a_pool_costs_few_fds_per_worker() -> R {
+    // Python's Pool(200) runs at `ulimit -n 1024`; so does ours.
+    let name = format!("{}::pool_of_200_at_1024_fds", get_start_method());
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["--exact", &name, "--test-threads=1"])
+        .env(FD_LIMIT_CHILD, "1")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure(
+        out.status.success() && text.contains("1 passed"),
+        format!("Pool(200) at 1024 fds ({}):\n{text}", out.status),
+    )
+}
+
+fn replacements_are_not_forks_of_the_threaded_parent() -> R {
+    let p = pool(1)?;
+    // Set after the pool started: no worker, first or replacement, sees it.
+    LATE.store(7, Ordering::SeqCst);
+    let res = (|| -> R {
+        let mut r = p.apply_async(die_by_sigkill, (3,))?;
+        ensure(
+            matches!(r.get_timeout(PROMPT), Err(PoolError::BrokenWorker { .. })),
+            "the worker died",
+        )?;
+        let seen = p.apply(late_value, (0,))?;
+        ensure(
+            seen == 0,
+            format!("a replacement saw {seen}: it was forked from the running (threaded) parent"),
+        )
+    })();
+    LATE.store(0, Ordering::SeqCst);
+    res
+}
+
 fn main() {
     init();
     let args = Arguments::from_args();
     let method = get_start_method();
     let t = |name: &str, f: fn() -> R| Trial::test(format!("{method}::{name}"), f);
+    if std::env::var_os(FD_LIMIT_CHILD).is_some() {
+        let tests = vec![t("pool_of_200_at_1024_fds", pool_of_200_at_1024_fds)];
+        libtest_mimic::run(&args, tests).exit();
+    }
     let mut tests = vec![
         t(
             "map_keeps_order_at_every_chunksize",
@@ -847,6 +1143,33 @@ fn main() {
             callbacks_run_before_get_returns,
         ),
         t("big_arguments_and_results", big_arguments_and_results),
+        t(
+            "close_then_join_returns_as_the_workers_exit",
+            close_then_join_returns_as_the_workers_exit,
+        ),
+        t(
+            "terminate_is_heard_while_join_waits",
+            terminate_is_heard_while_join_waits,
+        ),
+        t(
+            "terminate_wakes_a_reader_waiting_in_get",
+            terminate_wakes_a_reader_waiting_in_get,
+        ),
+        t(
+            "a_panicking_result_decoder_fails_its_task_only",
+            a_panicking_result_decoder_fails_its_task_only,
+        ),
+        t(
+            "a_pool_costs_few_fds_per_worker",
+            a_pool_costs_few_fds_per_worker,
+        ),
+        // Under fork, a replacement is still forked from the running parent until the
+        // pool can fork replacements from a single-threaded template (see the crate docs).
+        t(
+            "replacements_are_not_forks_of_the_threaded_parent",
+            replacements_are_not_forks_of_the_threaded_parent,
+        )
+        .with_ignored_flag(method == StartMethod::Fork),
     ];
     if method == StartMethod::Fork {
         tests.push(t(
