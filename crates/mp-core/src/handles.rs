@@ -43,6 +43,42 @@ fn reason(e: postcard::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
+/// A thread-local table installed for one encode or decode, and put back as it was when
+/// that ends, also when a `Serialize` or `Deserialize` impl panics (so a caught panic
+/// leaves no fds behind in the thread, and an outer encode or decode finds its own table).
+struct Swap<T: 'static> {
+    key: &'static std::thread::LocalKey<RefCell<Option<T>>>,
+    saved: Option<Option<T>>,
+}
+
+impl<T: 'static> Swap<T> {
+    fn install(key: &'static std::thread::LocalKey<RefCell<Option<T>>>, table: Option<T>) -> Self {
+        let saved = key.with(|k| std::mem::replace(&mut *k.borrow_mut(), table));
+        Swap {
+            key,
+            saved: Some(saved),
+        }
+    }
+
+    /// Puts the previous table back and returns the one installed.
+    fn restore(mut self) -> Option<T> {
+        let saved = self.saved.take().flatten();
+        self.key
+            .with(|k| std::mem::replace(&mut *k.borrow_mut(), saved))
+    }
+}
+
+impl<T: 'static> Drop for Swap<T> {
+    fn drop(&mut self) {
+        if let Some(saved) = self.saved.take() {
+            // Unwinding: drop what the failed call left (closing its fds).
+            let _ = self
+                .key
+                .try_with(|k| std::mem::replace(&mut *k.borrow_mut(), saved));
+        }
+    }
+}
+
 const NO_CARRIER: &str =
     "an OS handle can only be serialized by a multiproc carrier (process arguments, Connection, Queue, Pool)";
 
@@ -58,11 +94,9 @@ pub fn encode_into<T: Serialize + ?Sized>(
     buf: Vec<u8>,
 ) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
     HANDLE_ERROR.with(|h| h.borrow_mut().take());
-    let saved = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
+    let table = Swap::install(&OUTGOING, Some(Vec::new()));
     let res = postcard::to_extend(value, buf);
-    let fds = OUTGOING
-        .with(|o| std::mem::replace(&mut *o.borrow_mut(), saved))
-        .unwrap_or_default();
+    let fds = table.restore().unwrap_or_default();
     match res {
         Ok(bytes) => Ok((bytes, fds)),
         Err(e) => {
@@ -81,10 +115,9 @@ pub fn encode_into<T: Serialize + ?Sized>(
 /// mismatch between sender and receiver).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
     HANDLE_ERROR.with(|h| h.borrow_mut().take());
-    let table = fds.into_iter().map(Some).collect();
-    let saved = INCOMING.with(|i| i.borrow_mut().replace(table));
+    let table = Swap::install(&INCOMING, Some(fds.into_iter().map(Some).collect()));
     let res = postcard::take_from_bytes::<T>(bytes);
-    INCOMING.with(|i| *i.borrow_mut() = saved);
+    drop(table.restore()); // fds the value did not claim are closed here
     match res {
         Ok((v, [])) => Ok(v),
         Ok((_, rest)) => Err(Error::decode::<T>(format!("{} trailing bytes", rest.len()))),
@@ -194,6 +227,27 @@ mod tests {
         assert_eq!(back.0, 1);
         let e = decode::<(u8, Handle<std::fs::File>)>(&bytes, Vec::new()).unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn a_panicking_deserialize_leaves_no_fds_behind() {
+        struct Boom;
+        impl<'de> Deserialize<'de> for Boom {
+            fn deserialize<D: Deserializer<'de>>(_: D) -> std::result::Result<Self, D::Error> {
+                panic!("decoder panics")
+            }
+        }
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK).unwrap();
+        let (bytes, _) = encode(&0u8).unwrap();
+        let got = std::panic::catch_unwind(|| decode::<Boom>(&bytes, vec![w]));
+        assert!(got.is_err());
+        // The write end went with the failed decode: the read end sees end of file (an fd
+        // kept in the thread's table would make this read EAGAIN).
+        let mut b = [0u8; 1];
+        assert_eq!(rustix::io::read(&r, &mut b).unwrap(), 0);
+        INCOMING.with(|i| assert!(i.borrow().is_none()));
+        // The thread decodes normally afterwards.
+        assert_eq!(decode::<u8>(&bytes, Vec::new()).unwrap(), 0);
     }
 
     #[test]
