@@ -1,12 +1,22 @@
 //! Creating a child: spawn (posix_spawn of `/proc/self/exe`), fork, and the forkserver.
 //!
-//! Every child gets exactly one inherited fd, its bootstrap socket, at [`CHILD_FD`];
-//! everything else it needs (argument fds included) arrives over that socket. So no
-//! fd that was not passed leaks into a child, under any start method.
+//! What a child holds of its parent's fds:
+//! - spawn (and the forkserver itself): only its bootstrap socket, at [`CHILD_FD`]; every
+//!   other fd is closed before the new program starts (a `closefrom` file action of
+//!   posix_spawn, or, on a C library without it, by the child at start). The child makes
+//!   the socket close-on-exec and private at once.
+//! - fork (and a child of the forkserver): every fd of the parent, at the same numbers, as
+//!   in Python, except the library's private ones ([`mp_core::PrivateFd`]: pidfds, the
+//!   parent's ends of bootstrap sockets, the forkserver's control socket, the parent pidfd
+//!   of a child), which are neutralised at once; its bootstrap socket stays at the number
+//!   it had in the parent, close-on-exec.
+//!
+//! So no program a child execs inherits anything of ours, and everything else a child
+//! needs (argument fds included) arrives over its bootstrap socket.
 use crate::child;
 use crate::error::ProcessError;
-use mp_core::fdpass::{recv_frame, send_frame};
-use mp_core::Deadline;
+use mp_core::fdpass::{recv_frame, send_all, send_frame};
+use mp_core::{Deadline, PrivateFd};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::Pid;
 use std::ffi::{CString, OsString};
@@ -16,13 +26,81 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The fd number of the bootstrap socket in every child (and of the control socket in
-/// the forkserver).
+/// The fd number of the bootstrap socket in a spawned child (and of the control socket
+/// in the forkserver).
 pub(crate) const CHILD_FD: i32 = 3;
-/// Marks a spawned child; the value is the bootstrap fd.
+/// Marks a spawned child; the value says where its bootstrap fd is (see [`marker_value`]).
 pub(crate) const BOOTSTRAP_ENV: &str = "MULTIPROC_BOOTSTRAP";
-/// Marks a spawned forkserver; the value is its control fd.
+/// Marks a spawned forkserver; the value says where its control fd is.
 pub(crate) const FORKSERVER_ENV: &str = "MULTIPROC_FORKSERVER";
+
+/// The marker's value: `3` when every fd above it was closed by posix_spawn, `3,close`
+/// when the child must close them itself (no `closefrom` file action here).
+fn marker_value(closed: bool) -> String {
+    if closed {
+        format!("{CHILD_FD}")
+    } else {
+        format!("{CHILD_FD},close")
+    }
+}
+
+/// In a spawned child or forkserver, first thing: checks the marker, closes the fds the
+/// parent could not, and takes the bootstrap socket (close-on-exec, private). Exits with
+/// [`child::EXIT_BOOTSTRAP`] if the marker or the fd is not what the parent sends.
+pub(crate) fn take_bootstrap_fd(value: &std::ffi::OsStr) -> PrivateFd {
+    let close = match value.to_str() {
+        Some(v) if v == marker_value(true) => false,
+        Some(v) if v == marker_value(false) => true,
+        _ => std::process::exit(child::EXIT_BOOTSTRAP),
+    };
+    if close {
+        // SAFETY: this process has just started (init() is the first line of main), so no
+        // Rust object owns an fd above the bootstrap socket: all of them are inherited
+        // leftovers of the parent's that this C library could not close at spawn.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                (CHILD_FD + 1) as libc::c_uint,
+                libc::c_uint::MAX,
+                0 as libc::c_uint,
+            )
+        };
+    }
+    // SAFETY: only an fstat, before the fd is owned; CHILD_FD is open (checked by fstat).
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(CHILD_FD) };
+    match rustix::fs::fstat(fd) {
+        Ok(st)
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket => {}
+        _ => std::process::exit(child::EXIT_BOOTSTRAP),
+    }
+    // SAFETY: the parent put our socket at CHILD_FD (a socket, checked just above) and
+    // nothing else in this fresh process owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(CHILD_FD) };
+    PrivateFd::new(fd).unwrap_or_else(|_| std::process::exit(child::EXIT_BOOTSTRAP))
+}
+
+/// The type of glibc's `posix_spawn_file_actions_addclosefrom_np`.
+type AddCloseFrom =
+    unsafe extern "C" fn(*mut libc::posix_spawn_file_actions_t, libc::c_int) -> libc::c_int;
+
+/// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later), looked up at run
+/// time so that a program built here still runs on an older C library, whose children
+/// then close the inherited fds themselves.
+fn addclosefrom() -> Option<AddCloseFrom> {
+    static ADDR: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let addr = *ADDR.get_or_init(|| {
+        // SAFETY: dlsym with a NUL-terminated name; it only looks the symbol up.
+        unsafe {
+            libc::dlsym(
+                libc::RTLD_DEFAULT,
+                c"posix_spawn_file_actions_addclosefrom_np".as_ptr(),
+            ) as usize
+        }
+    });
+    // SAFETY: a non-null address of this symbol is glibc's function, whose C prototype is
+    // `int (posix_spawn_file_actions_t *, int)`, the type named here.
+    (addr != 0).then(|| unsafe { std::mem::transmute::<usize, AddCloseFrom>(addr) })
+}
 
 fn cstring(b: &[u8]) -> io::Result<CString> {
     CString::new(b).map_err(|_| {
@@ -33,9 +111,9 @@ fn cstring(b: &[u8]) -> io::Result<CString> {
     })
 }
 
-/// Re-executes this program with `fd` at [`CHILD_FD`], stdin on /dev/null, an empty
-/// signal mask, and `marker=3` in its environment.
-pub(crate) fn spawn_exec(fd: &OwnedFd, marker: &str) -> io::Result<Pid> {
+/// Re-executes this program with `fd` at [`CHILD_FD`] and no other fd above stderr, stdin
+/// on /dev/null, an empty signal mask, and `marker` in its environment.
+pub(crate) fn spawn_exec(fd: &PrivateFd, marker: &str) -> io::Result<Pid> {
     // dup2 onto the same number would not clear close-on-exec: keep the source elsewhere.
     let moved;
     let src = if fd.as_raw_fd() == CHILD_FD {
@@ -59,7 +137,9 @@ pub(crate) fn spawn_exec(fd: &OwnedFd, marker: &str) -> io::Result<Pid> {
         kv.extend_from_slice(v.as_bytes());
         env_c.push(cstring(&kv)?);
     }
-    env_c.push(cstring(format!("{marker}={CHILD_FD}").as_bytes())?);
+    let closefrom = addclosefrom();
+    let value = marker_value(closefrom.is_some());
+    env_c.push(cstring(format!("{marker}={value}").as_bytes())?);
     let argv: Vec<*mut libc::c_char> = argv_c
         .iter()
         .map(|c| c.as_ptr() as *mut libc::c_char)
@@ -74,7 +154,8 @@ pub(crate) fn spawn_exec(fd: &OwnedFd, marker: &str) -> io::Result<Pid> {
 
     // SAFETY: every pointer handed to libc below points into a live local (the CStrings
     // and the NULL-terminated pointer arrays outlive the call); the file actions and
-    // attributes are initialized before use and destroyed exactly once.
+    // attributes are initialized before use and destroyed exactly once; `closefrom` is
+    // the C library's own function (see `addclosefrom`).
     unsafe {
         let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
         let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
@@ -99,6 +180,9 @@ pub(crate) fn spawn_exec(fd: &OwnedFd, marker: &str) -> io::Result<Pid> {
                 libc::O_RDONLY,
                 0,
             );
+        }
+        if let (0, Some(closefrom)) = (rc, closefrom) {
+            rc = closefrom(&mut fa, CHILD_FD + 1);
         }
         if rc == 0 {
             rc = libc::posix_spawnattr_setflags(
@@ -128,32 +212,31 @@ pub(crate) fn spawn_exec(fd: &OwnedFd, marker: &str) -> io::Result<Pid> {
     }
 }
 
-/// In a freshly forked child: puts `fd` at [`CHILD_FD`], closes every other fd above
-/// stderr, and runs the child. Never returns.
-fn after_fork(fd: &OwnedFd) -> ! {
-    let raw = fd.as_raw_fd();
-    // SAFETY: plain fd syscalls in the child; the closed fds belong to objects of the
-    // parent's copy of memory that this child never returns to, drops or uses (the
-    // child's own registries are reset without dropping, see `child::forget_inherited`).
-    unsafe {
-        if raw != CHILD_FD && libc::dup2(raw, CHILD_FD) < 0 {
-            libc::_exit(70);
-        }
-        libc::syscall(
-            libc::SYS_close_range,
-            (CHILD_FD + 1) as libc::c_uint,
-            libc::c_uint::MAX,
-            0 as libc::c_uint,
-        );
-        child::forget_inherited();
-        child::child_main(OwnedFd::from_raw_fd(CHILD_FD))
+/// In a freshly forked child (of this process or of the forkserver): neutralises every
+/// private fd but `sock`, lets go of the parent's records, and runs the child with `sock`
+/// as its bootstrap socket, where it already is. The user's fds stay open. Never returns.
+fn after_fork(sock: &PrivateFd) -> ! {
+    // SAFETY: the child of a fork runs one thread, this one.
+    if unsafe { mp_core::private_fd::neutralize_inherited(&[sock.as_fd()]) }.is_err() {
+        // SAFETY: ends the child at once, dropping nothing (see neutralize_inherited).
+        unsafe { libc::_exit(child::EXIT_BOOTSTRAP) }
+    }
+    child::let_go_inherited();
+    // SAFETY: `sock` is owned by a frame of the parent's code (ProcessBuilder::start, or
+    // the forkserver's loop) that this child never returns to, unwinds or drops: from now
+    // on the child is its only owner.
+    let own = unsafe { OwnedFd::from_raw_fd(sock.as_raw_fd()) };
+    match PrivateFd::new(own) {
+        Ok(sock) => child::child_main(sock),
+        // SAFETY: as above.
+        Err(_) => unsafe { libc::_exit(child::EXIT_BOOTSTRAP) },
     }
 }
 
 /// Forks the calling process; the child runs its task and exits.
-pub(crate) fn fork(fd: &OwnedFd, allow_threads: bool) -> Result<Pid, ProcessError> {
+pub(crate) fn fork(fd: &PrivateFd, allow_threads: bool) -> Result<Pid, ProcessError> {
     if !allow_threads {
-        let threads = crate::current::thread_count();
+        let threads = crate::current::thread_count().map_err(ProcessError::ThreadCountUnknown)?;
         if threads > 1 {
             return Err(ProcessError::ForkWithThreads { threads });
         }
@@ -180,8 +263,8 @@ pub(crate) fn fork(fd: &OwnedFd, allow_threads: bool) -> Result<Pid, ProcessErro
 
 struct Server {
     pid: Pid,
-    pidfd: OwnedFd,
-    control: OwnedFd,
+    pidfd: PrivateFd,
+    control: PrivateFd,
 }
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
@@ -197,12 +280,13 @@ fn start_server() -> io::Result<Server> {
         SocketFlags::CLOEXEC,
         None,
     )?;
+    let (ours, theirs) = (PrivateFd::new(ours)?, PrivateFd::new(theirs)?);
     let pid = spawn_exec(&theirs, FORKSERVER_ENV)?;
     drop(theirs);
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
     Ok(Server {
         pid,
-        pidfd,
+        pidfd: PrivateFd::new(pidfd)?,
         control: ours,
     })
 }
@@ -217,9 +301,10 @@ fn reap_server(s: Server) {
     let _ = s.pid;
 }
 
-fn ask(server: &Server, fd: &OwnedFd) -> mp_core::Result<Pid> {
-    let dup = rustix::io::fcntl_dupfd_cloexec(fd, 3)?;
-    send_frame(server.control.as_fd(), b"F", &[dup])?;
+fn ask(server: &Server, fd: &PrivateFd) -> mp_core::Result<Pid> {
+    let mut header = [0u8; mp_core::frame::MAX_HEADER];
+    let header = mp_core::frame::encode_header(1, &mut header);
+    send_all(server.control.as_fd(), &[header, b"F"], &[fd.as_fd()])?;
     let deadline = Deadline::from_now(SERVER_REPLY);
     let mut p = [PollFd::new(&server.control, PollFlags::IN)];
     loop {
@@ -241,7 +326,7 @@ fn ask(server: &Server, fd: &OwnedFd) -> mp_core::Result<Pid> {
 }
 
 /// Asks the forkserver (started on first use, restarted if it died) for a child.
-pub(crate) fn forkserver(fd: &OwnedFd) -> Result<Pid, ProcessError> {
+pub(crate) fn forkserver(fd: &PrivateFd) -> Result<Pid, ProcessError> {
     let mut guard = SERVER.lock().unwrap_or_else(|p| p.into_inner());
     let mut last = String::new();
     for _ in 0..2 {
@@ -279,21 +364,22 @@ pub fn forkserver_pid() -> Option<i32> {
         .map(|s| s.pid.as_raw_nonzero().get())
 }
 
-/// Forgets the forkserver connection without closing it (in a forked child, whose
-/// copy of it belongs to the parent).
-pub(crate) fn forget_server() {
-    if let Ok(mut g) = SERVER.try_lock() {
-        std::mem::forget(g.take());
-    } else {
+/// In a forked child: drops the parent's forkserver connection, whose fds are already
+/// placeholders (so only those are closed); the child starts its own server if it needs one.
+pub(crate) fn let_go_server() {
+    let server = match SERVER.try_lock() {
+        Ok(mut g) => g.take(),
         // A fork while another thread held the lock (only with allow_fork_with_threads):
-        // leave it; this child never asks for a forkserver of its parent's.
-    }
+        // leave it; this child never uses it.
+        Err(_) => None,
+    };
+    drop(server);
 }
 
 /// The forkserver's loop: for each request, fork a child that becomes a child of the
 /// server's parent (CLONE_PARENT), so the parent waits for it with its own pidfd.
 /// Exits when the parent closes the control socket. Never returns.
-pub(crate) fn serve(control: OwnedFd) -> ! {
+pub(crate) fn serve(control: PrivateFd) -> ! {
     // Read once here, so every child forked below inherits it instead of asking again.
     let _ = crate::wire::ExeId::cached();
     loop {
@@ -302,6 +388,9 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
             Err(_) => std::process::exit(0),
         };
         let Some(fd) = fds.pop() else {
+            std::process::exit(1)
+        };
+        let Ok(fd) = PrivateFd::new(fd) else {
             std::process::exit(1)
         };
         // SAFETY: the server is single-threaded (it runs only this loop, started fresh by

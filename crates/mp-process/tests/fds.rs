@@ -102,7 +102,7 @@ fn sleep_then_abort(mut report: Handle<UnixStream>) {
 /// What a process says its start method is, and what its own child uses.
 fn methods() -> Result<(StartMethod, StartMethod, StartMethod), String> {
     let mine = get_start_method();
-    let mut g = Process::new(|| get_start_method(), ())
+    let mut g = Process::new(get_start_method, ())
         .start()
         .map_err(|e| e.to_string())?;
     let used = g.start_method();
