@@ -25,13 +25,6 @@ pub(crate) fn enter_spawned(value: &std::ffi::OsStr) -> ! {
     child_main(crate::launch::take_bootstrap_fd(value))
 }
 
-/// After a fork: drops the parent's records of its children and forkserver, whose fds
-/// are already placeholders in this child (so dropping them closes only those).
-pub(crate) fn let_go_inherited() {
-    crate::process::let_go_children();
-    crate::launch::let_go_server();
-}
-
 /// Runs the task announced on `sock`, reports, cleans up and exits. Never returns.
 pub(crate) fn child_main(sock: PrivateFd) -> ! {
     let (code, outcome) = run(&sock);

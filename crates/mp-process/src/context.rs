@@ -56,9 +56,13 @@ pub const START_METHOD_ENV: &str = "MULTIPROC_START_METHOD";
 
 static DEFAULT: Mutex<Option<StartMethod>> = Mutex::new(None);
 
+pub(crate) fn default_lock() -> std::sync::MutexGuard<'static, Option<StartMethod>> {
+    DEFAULT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Sets the default start method. A second call fails unless `force` is true.
 pub fn set_start_method(method: StartMethod, force: bool) -> Result<(), ProcessError> {
-    let mut d = DEFAULT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut d = default_lock();
     if d.is_some() && !force {
         return Err(ProcessError::ContextAlreadySet);
     }
@@ -69,7 +73,7 @@ pub fn set_start_method(method: StartMethod, force: bool) -> Result<(), ProcessE
 /// The default start method: the one set by [`set_start_method`], else the
 /// `MULTIPROC_START_METHOD` environment variable, else [`StartMethod::Spawn`].
 pub fn get_start_method() -> StartMethod {
-    let d = DEFAULT.lock().unwrap_or_else(|p| p.into_inner());
+    let d = *default_lock();
     d.or_else(|| {
         std::env::var(START_METHOD_ENV)
             .ok()

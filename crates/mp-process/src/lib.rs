@@ -42,6 +42,8 @@ mod child;
 mod context;
 mod current;
 mod error;
+mod fork;
+mod forkserver;
 mod launch;
 mod process;
 mod target;
@@ -53,7 +55,7 @@ pub use context::{
 };
 pub use current::{cpu_count, current_process, parent_process, CurrentProcess, ParentProcess};
 pub use error::ProcessError;
-pub use launch::forkserver_pid;
+pub use forkserver::forkserver_pid;
 pub use process::{active_children, init, ChildInfo, ExitStatus, Process, ProcessBuilder};
 pub use rustix::process::Signal;
 pub use target::{RemoteTarget, Target};

@@ -129,7 +129,7 @@ const EARLY_BOOTSTRAP: usize = 64 << 10;
 
 static CHILDREN: Mutex<Vec<Arc<ChildEntry>>> = Mutex::new(Vec::new());
 
-fn children() -> std::sync::MutexGuard<'static, Vec<Arc<ChildEntry>>> {
+pub(crate) fn children() -> std::sync::MutexGuard<'static, Vec<Arc<ChildEntry>>> {
     CHILDREN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -138,20 +138,6 @@ fn children() -> std::sync::MutexGuard<'static, Vec<Arc<ChildEntry>>> {
 fn reap_finished() {
     let mut list = children();
     list.retain(|c| c.reap(Deadline::from_now(Duration::ZERO)).is_none());
-}
-
-/// In a forked child: drops the records of the parent's children, whose fds are already
-/// placeholders here (so only those are closed). They are not this child's children.
-pub(crate) fn let_go_children() {
-    let list = match CHILDREN.try_lock() {
-        Ok(mut list) => std::mem::take(&mut *list),
-        // A fork while another thread held the lock (only with allow_fork_with_threads):
-        // leave the list; nothing in this child reads it but exit_cleanup, which then
-        // waits for nothing (its lock is never released here, so it is not reached
-        // through `children()` either: see child_main).
-        Err(_) => Vec::new(),
-    };
-    drop(list);
 }
 
 /// Python's exit sequence: terminate daemon children, then join every child.
@@ -206,7 +192,7 @@ pub fn init() {
         }
         if let Some(v) = std::env::var_os(launch::FORKSERVER_ENV) {
             std::env::remove_var(launch::FORKSERVER_ENV);
-            launch::serve(launch::take_bootstrap_fd(&v));
+            crate::forkserver::serve(launch::take_bootstrap_fd(&v));
         }
         {
             let mut s = state();
@@ -370,8 +356,8 @@ where
             StartMethod::Spawn => {
                 launch::spawn_exec(&theirs, launch::BOOTSTRAP_ENV).map_err(ProcessError::Start)?
             }
-            StartMethod::Fork => launch::fork(&theirs, self.allow_fork_threads)?,
-            StartMethod::Forkserver => launch::forkserver(&theirs)?,
+            StartMethod::Fork => crate::fork::fork(&theirs, self.allow_fork_threads)?,
+            StartMethod::Forkserver => crate::forkserver::forkserver(&theirs)?,
         };
         drop(theirs);
         let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;

@@ -234,6 +234,44 @@ fn child_holds_no_private_fd_of_its_parent() -> R {
     )
 }
 
+/// With threads allowed, a fork never leaves the child one of the library's own locks held
+/// by another thread at that moment (the child would hang in its bootstrap).
+fn fork_with_threads_inherits_no_held_library_lock() -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    STOP.store(false, Ordering::SeqCst);
+    let busy = std::thread::spawn(|| {
+        while !STOP.load(Ordering::Relaxed) {
+            let _ = current_process();
+            let _ = parent_process();
+            let _ = active_children();
+            let _ = forkserver_pid();
+        }
+    });
+    let mut result = Ok(());
+    for i in 0..200u32 {
+        let got = Process::new(plus_one, (i,))
+            .start_method(StartMethod::Fork)
+            .allow_fork_with_threads()
+            .start()
+            .and_then(|mut p| {
+                let r = p.join_timeout(BOUND);
+                if r.is_err() {
+                    let _ = p.kill();
+                    let _ = p.join_timeout(BOUND);
+                }
+                r
+            });
+        if !matches!(got, Ok(v) if v == i + 1) {
+            result = Err(format!("child {i}: {got:?}"));
+            break;
+        }
+    }
+    STOP.store(true, Ordering::SeqCst);
+    let _ = busy.join();
+    Ok(result?)
+}
+
 // ---- whole-program scenarios: this binary re-run with MP_SCENARIO set ------------------
 
 fn scenario(name: &str) -> std::process::Command {
@@ -399,10 +437,16 @@ fn main() {
         ),
     ];
     match method {
-        StartMethod::Fork => tests.push(t(
-            "user_files_at_3_and_4_survive_fork",
-            user_files_at_3_and_4_survive_fork,
-        )),
+        StartMethod::Fork => {
+            tests.push(t(
+                "user_files_at_3_and_4_survive_fork",
+                user_files_at_3_and_4_survive_fork,
+            ));
+            tests.push(t(
+                "fork_with_threads_inherits_no_held_library_lock",
+                fork_with_threads_inherits_no_held_library_lock,
+            ));
+        }
         StartMethod::Forkserver => tests.push(t(
             "forkserver_holds_no_parent_fd",
             forkserver_holds_no_parent_fd,
