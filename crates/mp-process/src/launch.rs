@@ -109,7 +109,7 @@ pub(crate) fn spawn_exec(fd: &PrivateFd, marker: &str) -> io::Result<Pid> {
     // dup2 onto the same number would not clear close-on-exec: keep the source elsewhere.
     let moved;
     let src = if fd.as_raw_fd() == CHILD_FD {
-        moved = rustix::io::fcntl_dupfd_cloexec(fd, CHILD_FD + 1)?;
+        moved = PrivateFd::new(rustix::io::fcntl_dupfd_cloexec(fd, CHILD_FD + 1)?)?;
         moved.as_raw_fd()
     } else {
         fd.as_raw_fd()
@@ -201,5 +201,28 @@ pub(crate) fn spawn_exec(fd: &PrivateFd, marker: &str) -> io::Result<Pid> {
             return Err(io::Error::from_raw_os_error(rc));
         }
         Pid::from_raw(pid).ok_or_else(|| io::Error::other("posix_spawn returned pid 0"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On glibc 2.34 or later, posix_spawn itself closes a spawned child's other fds.
+    #[cfg(target_env = "gnu")]
+    #[test]
+    fn closefrom_is_found_where_the_c_library_has_it() {
+        // SAFETY: returns a pointer to a static NUL-terminated string.
+        let v = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        let v = v.to_string_lossy();
+        let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        assert_eq!(addclosefrom().is_some(), version >= (2, 34), "glibc {v}");
+    }
+
+    #[test]
+    fn the_marker_says_who_closes() {
+        assert_eq!(marker_value(true), "3");
+        assert_eq!(marker_value(false), "3,close");
     }
 }

@@ -282,9 +282,10 @@ where
     }
 
     /// Allows the `fork` start method in a process that runs other threads. The child
-    /// gets a copy of memory in which another thread may hold a lock (the allocator's,
-    /// stdout's, one of yours) that will never be released there: use it only when you
-    /// know the other threads hold none the child needs.
+    /// gets a copy of memory in which another thread may hold a lock (stdout's, another
+    /// library's, one of yours) that will never be released there: use it only when you
+    /// know the other threads hold none the child needs. This crate's own locks are held
+    /// across the fork, so they are never inherited held.
     pub fn allow_fork_with_threads(mut self) -> Self {
         self.allow_fork_threads = true;
         self

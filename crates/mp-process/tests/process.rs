@@ -425,11 +425,19 @@ fn forkserver_restarts_after_kill() -> R {
     let ctx = get_context(Some(StartMethod::Forkserver));
     ensure(ctx.process(plus_one, (1,)).start()?.join()? == 2, "first")?;
     let pid = forkserver_pid().ok_or("no forkserver")?;
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid).ok_or("pid")?,
-        rustix::process::Signal::KILL,
-    )?;
-    std::thread::sleep(Duration::from_millis(100));
+    let server = rustix::process::Pid::from_raw(pid).ok_or("pid")?;
+    let pidfd = rustix::process::pidfd_open(server, rustix::process::PidfdFlags::empty())?;
+    rustix::process::kill_process(server, rustix::process::Signal::KILL)?;
+    // Wait for it to be dead (its pidfd turns readable), so the next start finds it so.
+    let mut p = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let ts = rustix::time::Timespec {
+        tv_sec: 20,
+        tv_nsec: 0,
+    };
+    ensure(rustix::event::poll(&mut p, Some(&ts))? == 1, "server died")?;
     ensure(
         ctx.process(plus_one, (2,)).start()?.join()? == 3,
         "after the kill",
