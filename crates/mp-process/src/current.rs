@@ -178,6 +178,22 @@ mod tests {
     }
 
     #[test]
+    fn no_child_starts_without_an_authkey() {
+        fn noop() {}
+        {
+            let mut s = state();
+            s.initialized = true;
+            s.authkey_error = Some("getrandom: function not implemented".into());
+        }
+        let r = crate::Process::new(noop, ()).start();
+        state().authkey_error = None;
+        match r {
+            Err(crate::ProcessError::Authkey(m)) => assert!(m.contains("not implemented")),
+            other => panic!("expected the authkey error, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn random_keys_differ() {
         let (a, b) = (random_key().unwrap(), random_key().unwrap());
         assert_ne!(a, b);
