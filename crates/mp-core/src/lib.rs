@@ -11,6 +11,8 @@
 //! - [`futex`] and [`Deadline`]: process-shared futex waits on `CLOCK_MONOTONIC`.
 //! - [`random`]: kernel randomness, all or an error.
 //! - [`spin`]: when a waiter may poll before it sleeps (bounded, never on one CPU).
+//! - [`private_fd`]: the library's own fds ([`PrivateFd`]): close-on-exec, and let go of
+//!   in every forked child, while the user's fds are inherited as in Python.
 //! - [`SharedRegion`]: anonymous shared memory (memfd) that travels as an fd and leaves
 //!   nothing in `/dev/shm`.
 //!
@@ -29,6 +31,7 @@ pub mod fdpass;
 pub mod frame;
 pub mod futex;
 pub mod handles;
+pub mod private_fd;
 mod probe;
 pub mod random;
 mod region;
@@ -37,6 +40,7 @@ pub mod spin;
 pub use deadline::Deadline;
 pub use error::{Error, Result};
 pub use handles::Handle;
+pub use private_fd::PrivateFd;
 pub use region::SharedRegion;
 
 /// Re-exported so that dependent crates name one version of these.

@@ -252,8 +252,10 @@ fn one_way_pipes_as_arguments() -> R {
 
 fn wait_over_connections_and_sentinels() -> R {
     let (mut a1, b1) = pipe()?;
-    let (a2, b2) = pipe()?;
     let mut talker = Process::new(later, (b1, 100, true)).start()?;
+    // Made after the talker started: under fork a child inherits the parent's fds, as in
+    // Python, and a talker holding `b2` would keep the quitter's pipe open.
+    let (a2, b2) = pipe()?;
     let mut quitter = Process::new(later, (b2, 300, false)).start()?;
     let deadline = Instant::now() + LONG;
     // First only the talker's message.

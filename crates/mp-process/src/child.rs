@@ -1,61 +1,32 @@
 //! The child's side: read the bootstrap, become the named process, run the target,
 //! send the outcome, clean up our own children, exit.
 use crate::current::{state, ParentProcess};
-use crate::launch::CHILD_FD;
 use crate::target::Entry;
 use crate::wire::{Bootstrap, Outcome, MAGIC, MAX_FRAME};
 use mp_core::fdpass::{recv_frame, send_frame};
+use mp_core::PrivateFd;
+use std::cell::RefCell;
 use std::io::Write;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-/// The last panic seen by our hook: message and location.
-static LAST_PANIC: Mutex<Option<(String, Option<String>)>> = Mutex::new(None);
+thread_local! {
+    /// The last panic this thread's panic hook saw: message and location. Per thread, so
+    /// that a panic on another thread is never taken for the target's.
+    static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
+}
 
 /// Exit code of a child whose bootstrap failed before its target could run.
-const EXIT_BOOTSTRAP: i32 = 70;
+pub(crate) const EXIT_BOOTSTRAP: i32 = 70;
 
-/// A spawned child: the bootstrap socket was placed at `fd` (the env var's value).
+/// A spawned child: takes its bootstrap socket (the env var's value says where) and runs.
 pub(crate) fn enter_spawned(value: &std::ffi::OsStr) -> ! {
-    if value.to_str() != Some("3") {
-        std::process::exit(EXIT_BOOTSTRAP);
-    }
-    // Nothing but our bootstrap socket was meant to be inherited.
-    // SAFETY: close_range on fds above the bootstrap socket in a process that has just
-    // started (init() runs first in main), so no Rust object owns them.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            (CHILD_FD + 1) as libc::c_uint,
-            libc::c_uint::MAX,
-            0 as libc::c_uint,
-        )
-    };
-    match rustix::fs::fstat(unsafe_borrow_child_fd()) {
-        Ok(st)
-            if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket => {}
-        _ => std::process::exit(EXIT_BOOTSTRAP),
-    }
-    // SAFETY: the parent put our bootstrap socket at CHILD_FD (checked to be a socket
-    // just above) and nothing else in this fresh process owns it.
-    child_main(unsafe { OwnedFd::from_raw_fd(CHILD_FD) })
-}
-
-fn unsafe_borrow_child_fd() -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: only used for an fstat before the fd is owned; CHILD_FD stays open for the
-    // whole life of the process (it is taken over by `child_main`).
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(CHILD_FD) }
-}
-
-/// After a fork: forget (without closing) what belongs to the parent.
-pub(crate) fn forget_inherited() {
-    crate::process::forget_children();
-    crate::launch::forget_server();
+    child_main(crate::launch::take_bootstrap_fd(value))
 }
 
 /// Runs the task announced on `sock`, reports, cleans up and exits. Never returns.
-pub(crate) fn child_main(sock: OwnedFd) -> ! {
+pub(crate) fn child_main(sock: PrivateFd) -> ! {
     let (code, outcome) = run(&sock);
     crate::process::exit_cleanup();
     let _ = std::io::stdout().flush();
@@ -86,7 +57,7 @@ fn failed(why: String) -> (i32, Report) {
 }
 
 /// Runs the task: the exit code, and what to report.
-fn run(sock: &OwnedFd) -> (i32, Report) {
+fn run(sock: &PrivateFd) -> (i32, Report) {
     let (bytes, fds) = match recv_frame(sock.as_fd(), MAX_FRAME) {
         Ok(r) => r,
         Err(_) => return (EXIT_BOOTSTRAP, None), // the parent went away before telling us anything
@@ -126,9 +97,13 @@ fn become_child(boot: &Bootstrap) {
     }
     let parent_pidfd = rustix::process::Pid::from_raw(boot.parent_pid)
         .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
+        .and_then(|fd| PrivateFd::new(fd).ok())
         .map(Arc::new);
     let ppid = rustix::process::getppid().map(|p| p.as_raw_nonzero().get());
     let parent_alive = parent_pidfd.is_some() && ppid == Some(boot.parent_pid);
+    // As Python's children do: the method this process was started with is its default,
+    // so its own children use it unless told otherwise.
+    let _ = crate::context::set_start_method(boot.start_method, true);
     {
         let mut s = state();
         s.initialized = true;
@@ -195,13 +170,12 @@ pub(crate) fn run_entry(
     fds: Vec<OwnedFd>,
 ) -> (Outcome, Vec<OwnedFd>) {
     install_panic_hook();
+    LAST_PANIC.with(|p| p.borrow_mut().take());
     match catch_unwind(AssertUnwindSafe(|| entry(hash, args, fds))) {
         Ok(r) => r,
         Err(payload) => {
             let (message, location) = LAST_PANIC
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
+                .with(|p| p.borrow_mut().take())
                 .unwrap_or_else(|| (payload_text(&*payload), None));
             (Outcome::Panicked { message, location }, Vec::new())
         }
@@ -222,7 +196,13 @@ fn install_panic_hook_now() {
         let location = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some((message, location));
+        // A panic while this thread's record is borrowed cannot happen (the borrows
+        // above never panic), and try_with fails only during thread teardown.
+        let _ = LAST_PANIC.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                *p = Some((message, location));
+            }
+        });
         prev(info);
     }));
 }

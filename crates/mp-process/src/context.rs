@@ -16,8 +16,9 @@ pub enum StartMethod {
     /// Fork from a small server process that was itself spawned fresh, so children start
     /// fast and inherit nothing of the caller's state. Safe from any thread.
     Forkserver,
-    /// Fork the caller. Fastest; the child starts with a copy of the caller's memory.
-    /// Refused in a multi-threaded caller unless explicitly allowed.
+    /// Fork the caller. Fastest; the child starts with a copy of the caller's memory and
+    /// its fds (as in Python), minus the library's own. Refused in a multi-threaded
+    /// caller unless explicitly allowed.
     Fork,
 }
 
@@ -56,9 +57,13 @@ pub const START_METHOD_ENV: &str = "MULTIPROC_START_METHOD";
 
 static DEFAULT: Mutex<Option<StartMethod>> = Mutex::new(None);
 
+pub(crate) fn default_lock() -> std::sync::MutexGuard<'static, Option<StartMethod>> {
+    DEFAULT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Sets the default start method. A second call fails unless `force` is true.
 pub fn set_start_method(method: StartMethod, force: bool) -> Result<(), ProcessError> {
-    let mut d = DEFAULT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut d = default_lock();
     if d.is_some() && !force {
         return Err(ProcessError::ContextAlreadySet);
     }
@@ -67,9 +72,10 @@ pub fn set_start_method(method: StartMethod, force: bool) -> Result<(), ProcessE
 }
 
 /// The default start method: the one set by [`set_start_method`], else the
-/// `MULTIPROC_START_METHOD` environment variable, else [`StartMethod::Spawn`].
+/// `MULTIPROC_START_METHOD` environment variable, else [`StartMethod::Spawn`]. In a
+/// child, it is the method the child was started with (as if set with `force`).
 pub fn get_start_method() -> StartMethod {
-    let d = DEFAULT.lock().unwrap_or_else(|p| p.into_inner());
+    let d = *default_lock();
     d.or_else(|| {
         std::env::var(START_METHOD_ENV)
             .ok()

@@ -22,6 +22,21 @@ pub enum ProcessError {
         /// How many threads were running.
         threads: usize,
     },
+    /// `fork` was asked for (without allowing threads) and this process's thread count
+    /// could not be read, so it could not be checked.
+    #[error(
+        "refusing to fork: the number of threads of this process could not be read ({0}), so it \
+         could not be checked that no other thread holds a lock a forked child would inherit; use \
+         spawn or forkserver, or opt in with `.allow_fork_with_threads()`"
+    )]
+    ThreadCountUnknown(#[source] std::io::Error),
+    /// The operating system refused random bytes at `init()`, so this process tree has
+    /// no secret key; no child is started without one.
+    #[error(
+        "no child was started: this program has no secret key (authkey), since random bytes \
+         could not be read when multiproc was initialized: {0}"
+    )]
+    Authkey(String),
     /// The arguments could not be serialized; no child was started.
     #[error("could not serialize the arguments (no child was started): {0}")]
     ArgsEncode(#[source] mp_core::Error),

@@ -31,6 +31,28 @@
 //!   [`Process::exitcode`] follows Python: 0, N, or -N for signal N.
 //! - **Exit**: when `main` returns, daemon children are terminated and the others are
 //!   joined, as in Python; a daemon child also dies if its parent is killed.
+//! - **A child's own start method**: in a child, [`get_start_method`] returns the method
+//!   it was started with, and its own children use that method unless told otherwise.
+//!
+//! # Descriptors and fork
+//!
+//! - Under `fork`, a child inherits every fd of its parent, at the same number, as in
+//!   Python: a file or socket the parent keeps (in a static, say) is open and usable in
+//!   the child. Under `spawn` and `forkserver` a child inherits none: only what is passed
+//!   as an argument (a Connection, `mp_core::Handle(file)` ...) reaches it, over its
+//!   bootstrap socket.
+//! - The library's own fds (pidfds, both ends of each bootstrap socket, the forkserver's
+//!   control socket, a child's pidfd of its parent) are [`mp_core::PrivateFd`]s: they
+//!   never collide with the user's numbers, are close-on-exec, so a program a child starts
+//!   with `std::process::Command` inherits none of them (and a child that dies is seen at
+//!   once even if its own children live on), and every forked child lets go of those it
+//!   does not own, first thing. A handle copied into a forked child with the parent's
+//!   memory (a `Process` kept in a static) is then inert there: its I/O fails, and it
+//!   never touches a descriptor of the child's.
+//! - `fork` with other threads running is refused unless allowed
+//!   ([`ProcessBuilder::allow_fork_with_threads`]). This crate's own locks are held across
+//!   the fork, so the child never inherits one of them held; other locks (yours, those of
+//!   other libraries) may be.
 //!
 //! How the child finds its function: each target is monomorphised into a trampoline;
 //! the parent sends the trampoline's offset from an anchor function together with the
@@ -46,6 +68,8 @@ mod child;
 mod context;
 mod current;
 mod error;
+mod fork;
+mod forkserver;
 mod launch;
 mod process;
 mod secret;
@@ -58,7 +82,7 @@ pub use context::{
 };
 pub use current::{cpu_count, current_process, parent_process, CurrentProcess, ParentProcess};
 pub use error::ProcessError;
-pub use launch::forkserver_pid;
+pub use forkserver::forkserver_pid;
 pub use process::{active_children, init, ChildInfo, ExitStatus, Process, ProcessBuilder};
 pub use rustix::process::Signal;
 pub use target::{RemoteTarget, Target};

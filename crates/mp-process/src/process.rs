@@ -7,7 +7,7 @@ use crate::launch;
 use crate::target::{RemoteTarget, Target};
 use crate::wire::{Bootstrap, Outcome, MAGIC, MAX_FRAME};
 use mp_core::fdpass::{recv_frame, send_frame};
-use mp_core::Deadline;
+use mp_core::{Deadline, PrivateFd};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_send_signal, waitid, Pid, Signal, WaitId, WaitIdOptions};
 use serde::de::DeserializeOwned;
@@ -42,7 +42,7 @@ impl ExitStatus {
 #[derive(Debug)]
 pub(crate) struct ChildEntry {
     pid: Pid,
-    pidfd: OwnedFd,
+    pidfd: PrivateFd,
     daemon: bool,
     name: String,
     status: Mutex<Option<ExitStatus>>,
@@ -129,7 +129,7 @@ const EARLY_BOOTSTRAP: usize = 64 << 10;
 
 static CHILDREN: Mutex<Vec<Arc<ChildEntry>>> = Mutex::new(Vec::new());
 
-fn children() -> std::sync::MutexGuard<'static, Vec<Arc<ChildEntry>>> {
+pub(crate) fn children() -> std::sync::MutexGuard<'static, Vec<Arc<ChildEntry>>> {
     CHILDREN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -138,15 +138,6 @@ fn children() -> std::sync::MutexGuard<'static, Vec<Arc<ChildEntry>>> {
 fn reap_finished() {
     let mut list = children();
     list.retain(|c| c.reap(Deadline::from_now(Duration::ZERO)).is_none());
-}
-
-/// Forgets, without closing, the children inherited through a fork.
-pub(crate) fn forget_children() {
-    if let Ok(mut list) = CHILDREN.try_lock() {
-        for c in list.drain(..) {
-            std::mem::forget(c);
-        }
-    }
 }
 
 /// Python's exit sequence: terminate daemon children, then join every child.
@@ -201,18 +192,23 @@ pub fn init() {
         }
         if let Some(v) = std::env::var_os(launch::FORKSERVER_ENV) {
             std::env::remove_var(launch::FORKSERVER_ENV);
-            if v.to_str() != Some("3") {
-                std::process::exit(70);
-            }
-            // SAFETY: the parent placed the control socket at fd 3 of this fresh process.
-            launch::serve(unsafe { std::os::fd::FromRawFd::from_raw_fd(launch::CHILD_FD) });
+            crate::forkserver::serve(launch::take_bootstrap_fd(&v));
         }
         {
             let mut s = state();
             s.initialized = true;
             s.name = "MainProcess".to_string();
-            let _ =
-                rustix::rand::getrandom(&mut s.authkey[..], rustix::rand::GetRandomFlags::empty());
+            match crate::current::random_key() {
+                Ok(key) => s.authkey = key,
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "multiproc: random bytes for this program's authkey could not be read; \
+                         starting a child will fail"
+                    );
+                    s.authkey_error = Some(e.to_string());
+                }
+            }
         }
         extern "C" fn at_exit() {
             let _ = std::panic::catch_unwind(exit_cleanup);
@@ -286,9 +282,10 @@ where
     }
 
     /// Allows the `fork` start method in a process that runs other threads. The child
-    /// gets a copy of memory in which another thread may hold a lock (the allocator's,
-    /// stdout's, one of yours) that will never be released there: use it only when you
-    /// know the other threads hold none the child needs.
+    /// gets a copy of memory in which another thread may hold a lock (stdout's, another
+    /// library's, one of yours) that will never be released there: use it only when you
+    /// know the other threads hold none the child needs. This crate's own locks are held
+    /// across the fork, so they are never inherited held.
     pub fn allow_fork_with_threads(mut self) -> Self {
         self.allow_fork_threads = true;
         self
@@ -299,18 +296,19 @@ where
     /// Fails, with no child started, when `init()` was not called, when this process is
     /// a daemon, when the arguments fail to serialize, or when `fork` is refused.
     pub fn start(self) -> Result<Process<F::Output>, ProcessError> {
-        let (identity, parent_name, authkey) = {
+        if !state().initialized {
+            return Err(ProcessError::NotInitialized);
+        }
+        let authkey = crate::current::authkey()?;
+        let (identity, parent_name) = {
             let mut s = state();
-            if !s.initialized {
-                return Err(ProcessError::NotInitialized);
-            }
             if s.daemon {
                 return Err(ProcessError::DaemonCannotHaveChildren);
             }
             s.counter += 1;
             let mut id = s.identity.clone();
             id.push(s.counter);
-            (id, s.name.clone(), s.authkey)
+            (id, s.name.clone())
         };
         reap_finished();
         let (args, fds) = mp_core::handles::encode(&self.args).map_err(ProcessError::ArgsEncode)?;
@@ -343,6 +341,8 @@ where
             SocketFlags::CLOEXEC,
             None,
         )?;
+        // Private from the start: a child forked meanwhile by another thread holds neither.
+        let (ours, theirs) = (PrivateFd::new(ours)?, PrivateFd::new(theirs)?);
         // A bootstrap that fits in the socket buffer is written before the child exists,
         // so the child never waits for it; a larger one, or one carrying fds, is written
         // once the child runs (and reads), since before that the write might not finish.
@@ -354,11 +354,12 @@ where
             StartMethod::Spawn => {
                 launch::spawn_exec(&theirs, launch::BOOTSTRAP_ENV).map_err(ProcessError::Start)?
             }
-            StartMethod::Fork => launch::fork(&theirs, self.allow_fork_threads)?,
-            StartMethod::Forkserver => launch::forkserver(&theirs)?,
+            StartMethod::Fork => crate::fork::fork(&theirs, self.allow_fork_threads)?,
+            StartMethod::Forkserver => crate::forkserver::forkserver(&theirs)?,
         };
         drop(theirs);
         let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+        let pidfd = PrivateFd::new(pidfd)?;
         let entry = Arc::new(ChildEntry {
             pid,
             pidfd,
@@ -382,7 +383,7 @@ where
 
 enum Reply {
     /// Not read yet: the socket to read it from.
-    Pending(OwnedFd),
+    Pending(PrivateFd),
     /// Read: the outcome (if one came before end of file) and its fds.
     Read(Option<(Outcome, Vec<OwnedFd>)>),
     /// Handed to the caller by `join`.
