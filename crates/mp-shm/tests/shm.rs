@@ -118,6 +118,18 @@ fn create_and_leave(name: String) -> Result<Vec<u32>, String> {
     SharedMemory::create(Some(&name), 4096).map_err(|e| format!("create {name}: {e}"))?;
     Ok(my_children())
 }
+/// Creates `n` segments named `{prefix}_{i}` and unlinks the even ones; reports this
+/// process's own children (a tracker of its own, had it started one).
+fn create_many(prefix: String, n: u32) -> Result<Vec<u32>, String> {
+    for i in 0..n {
+        let name = format!("{prefix}_{i}");
+        let s = SharedMemory::create(Some(&name), 4096).map_err(|e| format!("{name}: {e}"))?;
+        if i % 2 == 0 {
+            s.unlink().map_err(|e| format!("unlink {name}: {e}"))?;
+        }
+    }
+    Ok(my_children())
+}
 /// Attaches to a segment another process created and unlinks it.
 fn unlink_named(name: String) -> Result<(), String> {
     SharedMemory::attach(&name)
@@ -863,12 +875,49 @@ fn root_child_unlinks() -> Result<String, String> {
     Ok(c)
 }
 
+/// Root scenario: children at once each create segments and unlink half of them, all
+/// through the one tracker; the root attaches to those left. Reports the names left and
+/// the names unlinked.
+fn root_many_children() -> Result<String, String> {
+    const CHILDREN: u32 = 4;
+    const EACH: u32 = 24;
+    let prefixes: Vec<String> = (0..CHILDREN).map(|c| unique(&format!("many{c}"))).collect();
+    let mut ps = Vec::new();
+    for p in &prefixes {
+        ps.push(
+            Process::new(create_many, (p.clone(), EACH))
+                .start()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    for mut p in ps {
+        let own = p.join().map_err(|e| e.to_string())??;
+        if !own.is_empty() {
+            return Err(format!("a child started trackers of its own: {own:?}"));
+        }
+    }
+    let (mut left, mut gone) = (Vec::new(), Vec::new());
+    for p in &prefixes {
+        for i in 0..EACH {
+            let name = format!("{p}_{i}");
+            if i % 2 == 0 {
+                gone.push(name);
+            } else {
+                SharedMemory::attach(&name).map_err(|e| format!("{name}: {e}"))?;
+                left.push(name);
+            }
+        }
+    }
+    Ok(format!("{} / {}", left.join(" "), gone.join(" ")))
+}
+
 /// Runs a root scenario (this process is a tree's root): prints "ok ..." or "err ...",
 /// then, for the scenarios that say so, waits for a line on stdin (or for SIGKILL).
 fn root_main(scenario: &str) -> i32 {
     let r = match scenario {
         "exit" | "kill" => root_children_create(),
         "unlink" => root_child_unlinks(),
+        "many" => root_many_children(),
         "tracker" => {
             let name = unique("tracker_start");
             tracker_facts(name.clone()).map(|(pid, comm, blocked, pending)| {
@@ -909,6 +958,35 @@ fn root_killed_cleans_and_warns() -> R {
     root.child.kill()?;
     let stderr = root.finish()?;
     cleaned_and_warned(&names?, &stderr)
+}
+
+/// Children at once share the one tracker: each message arrives whole, whoever sent it.
+/// When the root exits, what they left is cleaned and warned about, and nothing that a
+/// child unlinked is named.
+fn many_children_share_one_tracker() -> R {
+    let mut root = Root::start("many")?;
+    let report = root.report();
+    let stderr = root.finish()?;
+    let report = report?;
+    let mut halves = report.split(|w| w == "/");
+    let (left, gone) = (halves.next().unwrap_or(&[]), halves.next().unwrap_or(&[]));
+    ensure(
+        left.len() == 48 && gone.len() == 48,
+        format!("report: {report:?}"),
+    )?;
+    cleaned_and_warned(left, &stderr)?;
+    let named: Vec<&String> = gone
+        .iter()
+        .filter(|n| {
+            stderr
+                .split_whitespace()
+                .any(|w| w == format!("segment={n}"))
+        })
+        .collect();
+    ensure(
+        named.is_empty(),
+        format!("warned about segments a child unlinked: {named:?}"),
+    )
 }
 
 /// A child's unlink unregisters the segment from the tree (Python's semantics): when the
@@ -1060,6 +1138,10 @@ fn main() {
         ),
         t("root_exit_cleans_and_warns", root_exit_cleans_and_warns),
         t("root_killed_cleans_and_warns", root_killed_cleans_and_warns),
+        t(
+            "many_children_share_one_tracker",
+            many_children_share_one_tracker,
+        ),
         t(
             "a_segment_a_child_unlinks_is_forgotten",
             a_segment_a_child_unlinks_is_forgotten,

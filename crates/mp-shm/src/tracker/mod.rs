@@ -240,8 +240,8 @@ pub(crate) fn unregister(name: &str) {
     if st.tracker.is_none() {
         st.take_inherited();
     }
-    if st.tracker.is_none() {
-        // No tracker in this tree knows this process: nobody to tell.
+    if st.tracker.is_none() && st.names.is_empty() {
+        // No tracker knows this process, and it has no segment to look after.
         return;
     }
     if let Err(e) = st.deliver(&message(REMOVE, name), false) {
