@@ -980,7 +980,7 @@ fn many_children_share_one_tracker() -> R {
         .filter(|n| {
             stderr
                 .split_whitespace()
-                .any(|w| w == format!("segment={n}"))
+                .any(|w| w == format!("segment={n:?}"))
         })
         .collect();
     ensure(

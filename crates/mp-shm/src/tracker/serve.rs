@@ -101,7 +101,8 @@ fn serve() -> ! {
         // A segment already gone was unlinked behind the tracker's back: nothing leaked.
         if rustix::shm::unlink(p.as_c_str()).is_ok() {
             tracing::warn!(
-                segment = %String::from_utf8_lossy(&n),
+                // Quoted and escaped: a name may hold any byte but '/' and NUL.
+                segment = ?String::from_utf8_lossy(&n),
                 "unlinked a segment still registered when the last process of its tree \
                  ended (its creator was killed, or never unlinked it)"
             );
