@@ -13,6 +13,8 @@
 //! - [`spin`]: when a waiter may poll before it sleeps (bounded, never on one CPU).
 //! - [`private_fd`]: the library's own fds ([`PrivateFd`]): close-on-exec, and let go of
 //!   in every forked child, while the user's fds are inherited as in Python.
+//! - [`inherit`]: library handles a whole process tree shares (the shared-memory
+//!   tracker's socket): offered by the crate that owns them, carried to every child.
 //! - [`SharedRegion`]: anonymous shared memory (memfd) that travels as an fd and leaves
 //!   nothing in `/dev/shm`.
 //!
@@ -31,6 +33,7 @@ pub mod fdpass;
 pub mod frame;
 pub mod futex;
 pub mod handles;
+pub mod inherit;
 pub mod private_fd;
 mod probe;
 pub mod random;

@@ -62,7 +62,7 @@ fn run(sock: &PrivateFd) -> (i32, Report) {
         Ok(r) => r,
         Err(_) => return (EXIT_BOOTSTRAP, None), // the parent went away before telling us anything
     };
-    let boot: Bootstrap = match postcard::from_bytes(&bytes) {
+    let mut boot: Bootstrap = match postcard::from_bytes(&bytes) {
         Ok(b) => b,
         Err(e) => return failed(format!("bad bootstrap message: {e}")),
     };
@@ -77,6 +77,15 @@ fn run(sock: &PrivateFd) -> (i32, Report) {
         Ok(e) => e,
         Err(e) => return failed(e.to_string()),
     };
+    // The library handles the tree shares are the last fds; the rest are the arguments'.
+    let mut fds = fds;
+    let Some(at) = fds.len().checked_sub(boot.handles.len()) else {
+        return failed("the bootstrap names more library handles than it carries fds".into());
+    };
+    let handles = std::mem::take(&mut boot.handles).into_iter();
+    if let Err(e) = mp_core::inherit::receive(handles.zip(fds.split_off(at)).collect()) {
+        return failed(e.to_string());
+    }
     become_child(&boot);
     let (outcome, out_fds) = run_entry(entry, boot.target.type_hash(), &boot.args, fds);
     let code = i32::from(!matches!(outcome, Outcome::Ok(_)));

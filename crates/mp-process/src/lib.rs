@@ -49,6 +49,11 @@
 //!   does not own, first thing. A handle copied into a forked child with the parent's
 //!   memory (a `Process` kept in a static) is then inert there: its I/O fails, and it
 //!   never touches a descriptor of the child's.
+//! - Library handles that the whole process tree shares (the shared-memory tracker's
+//!   socket, offered through [`mp_core::inherit`]) reach every child with its bootstrap,
+//!   under every start method, after the argument fds; the child receives them as private
+//!   fds before its target runs. Under `fork` the parent's copy is let go of like any
+//!   private fd, and the child uses the one in its bootstrap.
 //! - `fork` with other threads running is refused unless allowed
 //!   ([`ProcessBuilder::allow_fork_with_threads`]). This crate's own locks are held across
 //!   the fork, so the child never inherits one of them held; other locks (yours, those of

@@ -6,7 +6,7 @@ use crate::error::ProcessError;
 use crate::launch;
 use crate::target::{RemoteTarget, Target};
 use crate::wire::{Bootstrap, Outcome, MAGIC, MAX_FRAME};
-use mp_core::fdpass::{recv_frame, send_frame};
+use mp_core::fdpass::recv_frame;
 use mp_core::{Deadline, PrivateFd};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_send_signal, waitid, Pid, Signal, WaitId, WaitIdOptions};
@@ -312,6 +312,7 @@ where
         };
         reap_finished();
         let (args, fds) = mp_core::handles::encode(&self.args).map_err(ProcessError::ArgsEncode)?;
+        let (handle_names, handle_fds) = library_handles();
         let method = self.method.unwrap_or_else(get_start_method);
         let name = self.name.unwrap_or_else(|| {
             let ids: Vec<String> = identity.iter().map(u32::to_string).collect();
@@ -330,6 +331,7 @@ where
             start_method: method,
             env: self.env,
             args,
+            handles: handle_names,
         };
         let boot_bytes = postcard::to_allocvec(&boot)
             .map_err(|e| ProcessError::ArgsEncode(mp_core::Error::encode::<Bootstrap>(e)))?;
@@ -344,11 +346,12 @@ where
         // Private from the start: a child forked meanwhile by another thread holds neither.
         let (ours, theirs) = (PrivateFd::new(ours)?, PrivateFd::new(theirs)?);
         // A bootstrap that fits in the socket buffer is written before the child exists,
-        // so the child never waits for it; a larger one, or one carrying fds, is written
-        // once the child runs (and reads), since before that the write might not finish.
+        // so the child never waits for it; a larger one, or one carrying argument fds, is
+        // written once the child runs (and reads), since before that the write might not
+        // finish. The few library handles ride along either way.
         let early = boot_bytes.len() <= EARLY_BOOTSTRAP && fds.is_empty();
         if early {
-            send_frame(ours.as_fd(), &boot_bytes, &[])?;
+            send_bootstrap(ours.as_fd(), &boot_bytes, &fds, &handle_fds)?;
         }
         let pid = match method {
             StartMethod::Spawn => {
@@ -370,8 +373,9 @@ where
         children().push(entry.clone());
         if !early {
             // If the child died before reading, join reports how it ended.
-            let _ = send_frame(ours.as_fd(), &boot_bytes, &fds);
+            let _ = send_bootstrap(ours.as_fd(), &boot_bytes, &fds, &handle_fds);
         }
+        drop(handle_fds);
         Ok(Process {
             entry,
             reply: Reply::Pending(ours),
@@ -379,6 +383,45 @@ where
             _result: PhantomData,
         })
     }
+}
+
+/// A copy of each library handle the tree shares (see `mp_core::inherit`) for one child:
+/// their names and fds. One that cannot be made is left out, with a warning: the child
+/// then does without (mp-shm, say, starts a tracker of its own).
+fn library_handles() -> (Vec<String>, Vec<PrivateFd>) {
+    let mut names = Vec::new();
+    let mut fds = Vec::new();
+    for (name, fd) in mp_core::inherit::gather() {
+        match fd {
+            Ok(fd) => {
+                names.push(name.to_string());
+                fds.push(fd);
+            }
+            Err(e) => tracing::warn!(
+                handle = name,
+                error = %e,
+                "a library handle could not be made for a child, which does without it"
+            ),
+        }
+    }
+    (names, fds)
+}
+
+/// Sends the bootstrap frame: the argument fds, then the library handles.
+fn send_bootstrap(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[OwnedFd],
+    handles: &[PrivateFd],
+) -> std::io::Result<()> {
+    let mut header = [0u8; mp_core::frame::MAX_HEADER];
+    let header = mp_core::frame::encode_header(bytes.len(), &mut header);
+    let all: Vec<BorrowedFd<'_>> = fds
+        .iter()
+        .map(AsFd::as_fd)
+        .chain(handles.iter().map(AsFd::as_fd))
+        .collect();
+    mp_core::fdpass::send_all(sock, &[header, bytes], &all)
 }
 
 enum Reply {

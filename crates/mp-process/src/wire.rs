@@ -1,6 +1,7 @@
 //! The bootstrap exchange between a parent and its child, over an inherited socketpair.
 //!
-//! parent -> child: one frame holding [`Bootstrap`] (with the argument fds attached);
+//! parent -> child: one frame holding [`Bootstrap`] (with the argument fds attached, then
+//! the fds of the library handles the tree shares);
 //! child -> parent: one frame holding [`Outcome`] (with the result's fds attached), then
 //! end of file when the child exits. A child that dies early is seen as end of file,
 //! never as a hang.
@@ -63,6 +64,9 @@ pub(crate) struct Bootstrap {
     /// Environment changes: set (Some) or remove (None), applied before the target runs.
     pub env: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub args: Vec<u8>,
+    /// The names of the library handles the tree shares (`mp_core::inherit`): their fds
+    /// are the last ones of the frame, after the arguments'.
+    pub handles: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]

@@ -40,6 +40,19 @@ fn readable(fd: impl AsFd) -> bool {
 
 // ---- targets -------------------------------------------------------------------------
 
+/// The name under which the test offers the write end of a pipe to every child.
+const OFFERED: &str = "test.fds.pipe";
+
+/// In a child: takes the offered handle, checks it is private, and writes one byte.
+fn write_to_offered_handle() -> Result<(), String> {
+    let fd = mp_core::inherit::take(OFFERED).ok_or("no handle received")?;
+    if !mp_core::private_fd::is_private(fd.as_fd()) {
+        return Err("the received handle is not private".into());
+    }
+    rustix::io::write(&fd, b"x").map_err(|e| format!("write: {e}"))?;
+    Ok(())
+}
+
 fn plus_one(x: u32) -> u32 {
     x + 1
 }
@@ -401,6 +414,41 @@ fn run_scenario(name: &str) -> ! {
     std::process::exit(0)
 }
 
+/// The pipe whose write end the test offers: (reader, writer).
+static OFFERED_PIPE: OnceLock<(std::os::fd::OwnedFd, mp_core::PrivateFd)> = OnceLock::new();
+
+fn provide_offered() -> std::io::Result<mp_core::PrivateFd> {
+    let (_, w) = OFFERED_PIPE
+        .get()
+        .ok_or_else(|| std::io::Error::other("no pipe"))?;
+    w.try_clone()
+}
+
+static OFFER: mp_core::inherit::Offer = mp_core::inherit::Offer::new(OFFERED, provide_offered);
+
+/// A handle a library offers reaches every child, under every start method (under fork
+/// too: the parent's private copy is let go of in the child, which gets its own).
+fn offered_handles_reach_the_child() -> R {
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    OFFERED_PIPE
+        .set((r, mp_core::PrivateFd::new(w)?))
+        .map_err(|_| "offered twice")?;
+    ensure(mp_core::inherit::offer(&OFFER), "offer refused")?;
+    let (reader, _) = OFFERED_PIPE.get().ok_or("no pipe")?;
+    for _ in 0..2 {
+        Process::new(write_to_offered_handle, ())
+            .start()?
+            .join_timeout(BOUND)??;
+        ensure(readable(reader), "nothing written")?;
+        let mut b = [0u8; 1];
+        ensure(
+            rustix::io::read(reader, &mut b)? == 1 && b == *b"x",
+            "the byte the child wrote",
+        )?;
+    }
+    Ok(())
+}
+
 fn main() {
     if let Ok(s) = std::env::var("MP_SCENARIO") {
         run_scenario(&s);
@@ -419,6 +467,10 @@ fn main() {
             grandchild_sees_its_parent_alive,
         ),
         t("daemon_grandchild_runs", daemon_grandchild_runs),
+        t(
+            "offered_handles_reach_the_child",
+            offered_handles_reach_the_child,
+        ),
         t(
             "connection_passed_to_grandchild_works",
             connection_passed_to_grandchild_works,

@@ -45,16 +45,21 @@
 //! misread and never a second lock over the same data.
 //!
 //! # Helper process, fds and fork
-//! The first named segment a process creates starts its tracker, a helper process
-//! started by exec of `/proc/self/exe` (never by forking a process that may have
-//! threads), recognised before `main` by a hook in this crate: no call from `main` is
-//! needed. The tracker blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT from its first
+//! One tracker serves a whole process tree, as in Python: a helper process that unlinks
+//! the named segments still registered once the last process of the tree is gone (exited
+//! or killed), with a tracing warning naming each. It is started by exec of
+//! `/proc/self/exe` (never by forking a process that may have threads), recognised before
+//! `main` by a hook in this crate (no call from `main` is needed), by the first process
+//! that needs it: at its first named segment, or when it starts its first child. Every
+//! child (under spawn, forkserver and fork alike) receives a copy of its socket with its
+//! bootstrap ([`mp_core::inherit`]) and uses that one instead of starting its own, and so
+//! do its children. The tracker blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT from its first
 //! instruction and runs in a session of its own, so a Ctrl-C aimed at the program does
-//! not kill it before it cleans up. The creator's end of its socket is close-on-exec;
-//! a forked child does not use its parent's tracker (it forgets it, closing nothing,
-//! and starts its own at its first create). A value or an array holds the fds of its
-//! memfd regions (its data's and its lock's), close-on-exec, as every
-//! [`mp_core::SharedRegion`] does.
+//! not kill it before it cleans up; having no subscriber of the program's, it writes its
+//! warnings to its stderr (the program's). Each process's copy of its socket is a
+//! [`mp_core::PrivateFd`] (close-on-exec; a forked child lets go of its parent's copy and
+//! uses the one in its bootstrap). A value or an array holds the fds of its memfd regions
+//! (its data's and its lock's), close-on-exec, as every [`mp_core::SharedRegion`] does.
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

@@ -1,5 +1,6 @@
 //! Named segments (Python's `multiprocessing.shared_memory.SharedMemory`), built on the
-//! `shared_memory` crate, with a tracker that removes a segment whose creator died.
+//! `shared_memory` crate, with a tracker that removes what is left when the process tree
+//! is gone.
 use crate::tracker;
 use crate::ShmError;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -13,17 +14,22 @@ use std::sync::atomic::AtomicU8;
 /// the receiver attaches. `close` (or drop) unmaps it in this process; `unlink` removes
 /// the name, after which the memory lives until the last mapping goes.
 ///
-/// **No leaks.** The creating process registers each segment with a small tracker
-/// process of its own; when the creator exits, normally or killed with SIGKILL, the
-/// tracker unlinks every segment it created and did not unlink. A segment meant to
-/// outlive its creator is handed over with [`untrack`](SharedMemory::untrack).
+/// **No leaks, one tracker per process tree** (as in Python). Each segment is registered
+/// with the tree's tracker, a small helper process that every process of the tree shares:
+/// a segment a child creates and leaves outlives the child (the parent can attach to it),
+/// and whatever is still registered when the last process of the tree is gone (the root
+/// exited, or was killed with SIGKILL) is unlinked then, with a tracing warning naming the
+/// segment. [`unlink`](SharedMemory::unlink), in any process of the tree, unregisters the
+/// segment; a segment meant to outlive the tree is handed over with
+/// [`untrack`](SharedMemory::untrack).
 ///
 /// The tracker is started by exec of `/proc/self/exe` (never by forking a process that
 /// may have threads), in a session of its own, with SIGINT, SIGTERM, SIGHUP and SIGQUIT
-/// blocked from its first instruction: it ends only when its creator is gone. A binary
-/// that links mp-shm recognises the tracker's start before `main`, so no call is needed
-/// from `main`. A tracker that dies is replaced at the next create, unlink or untrack,
-/// with a tracing warning, and told every segment still registered.
+/// blocked from its first instruction: it ends only when its tree is gone. A binary that
+/// links mp-shm recognises the tracker's start before `main`, so no call is needed from
+/// `main`. A tracker that dies is replaced at the next create, unlink or untrack of a
+/// process that finds it gone, with a tracing warning; the new one is told that process's
+/// segments still registered, and serves the children it starts from then on.
 ///
 /// **Access.** Another process may write the bytes at any time, so the safe view is
 /// [`as_atomic_bytes`](SharedMemory::as_atomic_bytes) (with [`read_at`](Self::read_at)
@@ -222,7 +228,8 @@ impl SharedMemory {
         unsafe { std::slice::from_raw_parts_mut(self.shmem.as_ptr(), self.size()) }
     }
 
-    /// Removes the name (Python's `unlink()`); mappings stay valid until closed. An
+    /// Removes the name (Python's `unlink()`) and unregisters it from the tree's tracker,
+    /// whichever process of the tree created it; mappings stay valid until closed. An
     /// already removed name is [`ShmError::NotFound`].
     pub fn unlink(&self) -> Result<(), ShmError> {
         tracker::unregister(&self.name);
@@ -233,7 +240,7 @@ impl SharedMemory {
         }
     }
 
-    /// Lets the segment outlive its creator: the tracker forgets it, and whoever
+    /// Lets the segment outlive its process tree: the tracker forgets it, and whoever
     /// attaches later must unlink it.
     pub fn untrack(&self) {
         tracker::unregister(&self.name);
@@ -243,7 +250,8 @@ impl SharedMemory {
     pub fn close(self) {}
 }
 
-fn exists(name: &str) -> bool {
+/// Whether the segment `name` exists (in `/dev/shm`).
+pub(crate) fn exists(name: &str) -> bool {
     std::path::Path::new("/dev/shm").join(name).exists()
 }
 

@@ -1,17 +1,28 @@
-//! The shared-memory tracker's client: one helper process per creating process, started
-//! by exec (never by forking a process that may have threads), told each segment this
-//! process creates and removes; when this process is gone it unlinks what is left.
+//! The shared-memory tracker's client. One tracker serves a whole process tree, as in
+//! Python: the first process that needs one (the tree's root, at its first named segment
+//! or its first child) starts it by exec, and offers its socket to every child it starts
+//! (through [`mp_core::inherit`]); a child takes that socket at first use instead of
+//! starting a tracker of its own, and offers it to its own children in turn. Every process
+//! of the tree tells the tracker the segments it creates (`+name`) and unlinks (`-name`,
+//! whoever created them), over its own copy of one seqpacket socket, which keeps each
+//! message whole. When the last process holding a copy is gone (end of file), the tracker
+//! unlinks what is still registered, with a warning naming each segment.
 //!
 //! Every segment this process registered is also kept here, so a tracker that died
-//! (killed, say) is replaced at the next message, with a tracing warning, and the new
-//! one is told every segment still registered: nothing is left behind for good.
+//! (killed, say) is replaced at the next message, with a tracing warning, and the new one
+//! is told every segment of this process's still registered and still there; children
+//! started from then on share the new one. (Segments that other processes registered
+//! with the dead tracker are theirs to re-register, at their next message.)
+mod report;
 mod serve;
 mod spawn;
 
 use crate::ShmError;
+use mp_core::inherit::Offer;
+use mp_core::PrivateFd;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::net::{recv, send, RecvFlags, SendFlags};
-use std::os::fd::OwnedFd;
+use std::os::fd::AsFd;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,17 +37,22 @@ const READY: u8 = b'!';
 const ADD: u8 = b'+';
 const REMOVE: u8 = b'-';
 
-/// A running tracker: our end of its socket, and a pidfd to stop and reap it.
+/// The tracker's socket, as every child of this process receives it.
+pub(crate) static OFFER: Offer = Offer::new("mp-shm.tracker", provide);
+
+/// This process's connection to its tree's tracker.
 struct Tracker {
-    sock: OwnedFd,
-    pidfd: OwnedFd,
+    /// Our copy of the tree's end of the tracker's socket.
+    sock: PrivateFd,
+    /// Set when this process started the tracker: a pidfd to stop and reap it.
+    pidfd: Option<PrivateFd>,
 }
 
 struct State {
     /// The pid these fields belong to: a forked child finds its parent's here.
     owner: u32,
     tracker: Option<Tracker>,
-    /// Every segment registered and not removed, in order.
+    /// Every segment this process registered and did not remove, in order.
     names: Vec<String>,
 }
 
@@ -46,19 +62,44 @@ static STATE: Mutex<State> = Mutex::new(State {
     names: Vec::new(),
 });
 
-/// This process's state; a forked child drops what it inherited.
+/// This process's state; a forked child lets go of what it inherited.
 fn state() -> MutexGuard<'static, State> {
     let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
     let me = std::process::id();
     if st.owner != me {
-        // Inherited through a fork: the tracker is the parent's (a multiproc child has
-        // closed those fds; their numbers may be reused), and so are the names. Forget
-        // them without closing anything.
-        std::mem::forget(st.tracker.take());
+        // Inherited through a fork. The names are the parent's to look after. The socket
+        // is the parent's copy: in a child forked by multiproc it is an inert placeholder
+        // by now (a private fd), and the child got a copy of its own with its bootstrap;
+        // in a child forked behind our back it is still the tree's socket, kept as in
+        // Python. The tracker is not this process's child either way: no pidfd.
         st.names.clear();
+        if let Some(t) = st.tracker.take() {
+            if is_seqpacket(&t.sock) {
+                st.tracker = Some(Tracker {
+                    sock: t.sock,
+                    pidfd: None,
+                });
+            }
+        }
         st.owner = me;
     }
     st
+}
+
+/// Whether `fd` is a seqpacket socket (a tracker's, as far as a type can tell).
+fn is_seqpacket(fd: &PrivateFd) -> bool {
+    rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == rustix::net::SocketType::SEQPACKET)
+}
+
+/// Whether the tracker at the other end of `sock` is gone (its end closed).
+fn hung_up(sock: &PrivateFd) -> bool {
+    let mut fds = [PollFd::new(sock, PollFlags::empty())];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0
+        && fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL))
 }
 
 fn message(op: u8, name: &str) -> Vec<u8> {
@@ -68,7 +109,7 @@ fn message(op: u8, name: &str) -> Vec<u8> {
     m
 }
 
-fn send_to(sock: &OwnedFd, msg: &[u8]) -> rustix::io::Result<()> {
+fn send_to(sock: &PrivateFd, msg: &[u8]) -> rustix::io::Result<()> {
     loop {
         match send(sock, msg, SendFlags::NOSIGNAL) {
             Ok(_) => return Ok(()),
@@ -79,72 +120,132 @@ fn send_to(sock: &OwnedFd, msg: &[u8]) -> rustix::io::Result<()> {
 }
 
 impl State {
-    /// Starts a tracker and tells it every registered segment.
+    /// Makes sure this process has a connection: the tree's tracker if this process was
+    /// given one, else a tracker it starts.
+    fn connect(&mut self) -> Result<(), ShmError> {
+        // Children started from now on share it (the hook before `main` offered it
+        // already, where this binary's initializers run).
+        mp_core::inherit::offer(&OFFER);
+        if self.tracker.is_none() {
+            self.take_inherited();
+        }
+        if self.tracker.is_none() {
+            self.start()?;
+        }
+        Ok(())
+    }
+
+    /// Takes the tree's tracker if this process received it, telling it this process's
+    /// names (any left from a tracker that died).
+    fn take_inherited(&mut self) {
+        let Some(sock) = mp_core::inherit::take(OFFER.name()) else {
+            return;
+        };
+        if !is_seqpacket(&sock) {
+            tracing::warn!("the inherited shared-memory tracker handle is not a tracker's socket");
+            return;
+        }
+        let t = Tracker { sock, pidfd: None };
+        if self.tell_all(&t).is_ok() {
+            self.tracker = Some(t);
+        }
+    }
+
+    /// Tells `t` every segment of this process's that still exists.
+    fn tell_all(&self, t: &Tracker) -> Result<(), ShmError> {
+        for n in self.names.iter().filter(|n| crate::named::exists(n)) {
+            send_to(&t.sock, &message(ADD, n))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a tracker and tells it this process's segments.
     fn start(&mut self) -> Result<(), ShmError> {
         let t = start_tracker()?;
-        for n in &self.names {
-            if let Err(e) = send_to(&t.sock, &message(ADD, n)) {
-                stop(t);
-                return Err(e.into());
-            }
+        if let Err(e) = self.tell_all(&t) {
+            stop(t);
+            return Err(e);
         }
         self.tracker = Some(t);
         Ok(())
     }
 
+    /// Lets go of a tracker that is gone (stopping it if it is ours and merely stuck).
+    fn lost(&mut self, e: &dyn std::fmt::Display) {
+        tracing::warn!(
+            error = %e,
+            "the shared-memory tracker is gone; starting a new one"
+        );
+        if let Some(t) = self.tracker.take() {
+            stop(t);
+        }
+    }
+
     /// Sends `msg`; if the tracker is gone, replaces it (the new one learns the current
-    /// list, which `msg` already changed).
-    fn deliver(&mut self, msg: &[u8]) -> Result<(), ShmError> {
+    /// list, which `msg` already changed) when this process has segments to look after,
+    /// or when `always`.
+    fn deliver(&mut self, msg: &[u8], always: bool) -> Result<(), ShmError> {
         if let Some(t) = &self.tracker {
             match send_to(&t.sock, msg) {
                 Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(
-                        error = %e,
-                        "the shared-memory tracker is gone; starting a new one"
-                    );
-                    if let Some(t) = self.tracker.take() {
-                        stop(t);
-                    }
-                }
+                Err(e) => self.lost(&e),
             }
         }
-        self.start()
+        if always || !self.names.is_empty() {
+            self.start()?;
+        }
+        Ok(())
     }
 }
 
-/// Makes sure this process has a tracker (before a segment exists, so that a failure
-/// to start one leaves nothing behind).
-pub(crate) fn ensure() -> Result<(), ShmError> {
+/// The offer's provider: a copy of the tree's tracker socket for a child being started
+/// (the tracker is started first if this process has none, or if it is found gone).
+fn provide() -> std::io::Result<PrivateFd> {
     let mut st = state();
-    if st.tracker.is_none() {
-        st.start()?;
+    if st.tracker.as_ref().is_some_and(|t| hung_up(&t.sock)) {
+        st.lost(&"its socket hung up");
     }
-    Ok(())
+    st.connect()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    match &st.tracker {
+        Some(t) => t.sock.try_clone(),
+        None => Err(std::io::Error::other("no shared-memory tracker")),
+    }
 }
 
-/// Registers a segment this process created: unlinked when this process is gone.
+/// Makes sure this process has a tracker to talk to (before a segment exists, so that a
+/// failure to start one leaves nothing behind).
+pub(crate) fn ensure() -> Result<(), ShmError> {
+    state().connect()
+}
+
+/// Registers a segment this process created: unlinked when its tree is gone.
 pub(crate) fn register(name: &str) -> Result<(), ShmError> {
     let mut st = state();
     st.names.push(name.to_string());
-    let r = st.deliver(&message(ADD, name));
+    let r = st.deliver(&message(ADD, name), true);
     if r.is_err() {
         st.names.pop();
     }
     r
 }
 
-/// Forgets a segment (unlinked, or handed over to whoever attaches).
+/// Forgets a segment (unlinked, or handed over to whoever attaches), whichever process
+/// of the tree registered it (Python's semantics: an unlink unregisters).
 pub(crate) fn unregister(name: &str) {
     let mut st = state();
-    let Some(i) = st.names.iter().rposition(|n| n == name) else {
+    if let Some(i) = st.names.iter().rposition(|n| n == name) {
+        st.names.remove(i);
+    }
+    if st.tracker.is_none() {
+        st.take_inherited();
+    }
+    if st.tracker.is_none() && st.names.is_empty() {
+        // No tracker knows this process, and it has no segment to look after.
         return;
-    };
-    st.names.remove(i);
-    if st.tracker.is_some() {
-        if let Err(e) = st.deliver(&message(REMOVE, name)) {
-            tracing::warn!(error = %e, segment = name, "could not tell the shared-memory tracker");
-        }
+    }
+    if let Err(e) = st.deliver(&message(REMOVE, name), false) {
+        tracing::warn!(error = %e, segment = name, "could not tell the shared-memory tracker");
     }
 }
 
@@ -162,17 +263,17 @@ fn start_tracker() -> Result<Tracker, ShmError> {
         rustix::net::sockopt::Timeout::Send,
         Some(SEND),
     )?;
+    // Private from the start: a child forked meanwhile holds neither end.
+    let (ours, theirs) = (PrivateFd::new(ours)?, PrivateFd::new(theirs)?);
     let pid = spawn::spawn(&theirs)?;
     drop(theirs);
-    // Still our unreaped child: the pid cannot have been reused.
-    let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
-        Ok(fd) => fd,
-        Err(e) => {
-            // Nothing to stop it through: it ends at end of file on its socket.
-            return Err(e.into());
-        }
+    // Still our unreaped child: the pid cannot have been reused. Without a pidfd there is
+    // nothing to stop it through: it ends at end of file on its socket.
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+    let t = Tracker {
+        sock: ours,
+        pidfd: Some(PrivateFd::new(pidfd)?),
     };
-    let t = Tracker { sock: ours, pidfd };
     match wait_ready(&t.sock) {
         Ok(()) => Ok(t),
         Err(e) => {
@@ -182,7 +283,7 @@ fn start_tracker() -> Result<Tracker, ShmError> {
     }
 }
 
-fn wait_ready(sock: &OwnedFd) -> Result<(), ShmError> {
+fn wait_ready(sock: &PrivateFd) -> Result<(), ShmError> {
     let deadline = mp_core::Deadline::from_now(START);
     loop {
         let left = deadline.remaining().unwrap_or(Duration::ZERO);
@@ -211,11 +312,13 @@ fn wait_ready(sock: &OwnedFd) -> Result<(), ShmError> {
     }
 }
 
-/// Kills a tracker and reaps it (bounded: SIGKILL cannot be blocked).
+/// Lets go of a tracker; kills it and reaps it if this process started it (bounded:
+/// SIGKILL cannot be blocked). One this process was given is left to its tree.
 fn stop(t: Tracker) {
-    let _ = rustix::process::pidfd_send_signal(&t.pidfd, rustix::process::Signal::KILL);
+    let Some(pidfd) = t.pidfd else { return };
+    let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
     while let Err(rustix::io::Errno::INTR) = rustix::process::waitid(
-        rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&t.pidfd)),
+        rustix::process::WaitId::PidFd(pidfd.as_fd()),
         rustix::process::WaitIdOptions::EXITED,
     ) {}
 }

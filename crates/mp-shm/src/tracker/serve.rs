@@ -3,11 +3,18 @@
 //! becomes the tracker and never returns to the program; anywhere else it returns at
 //! once. So the tracker needs no call from `main`, and never runs the user's code.
 //!
-//! It reads messages (`+name`, `-name`) from its socket until end of file (its creator
-//! exited or was killed), then unlinks every segment still registered and exits. Its
-//! peer is treated as a stranger all the same: a malformed message is skipped, never
-//! trusted for a size, and the fds it did not ask for are closed first thing.
+//! Anywhere else, the hook offers the tracker's socket to every child this process will
+//! start (see the parent module), before `main`, so that even a parent that never touches
+//! a named segment shares its tracker with children that do.
+//!
+//! It reads messages (`+name`, `-name`) from its socket, coming from every process of its
+//! tree, until end of file (the last of them exited or was killed), then unlinks every
+//! segment still registered, with a warning naming each, and exits. Its peers are treated
+//! as strangers all the same: a malformed message is skipped, never trusted for a size,
+//! an empty one is not taken for end of file, and the fds it did not ask for are closed
+//! first thing.
 use super::{ADD, READY, REMOVE};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::net::{recv, send, RecvFlags, SendFlags};
 use std::os::fd::{BorrowedFd, RawFd};
 
@@ -29,6 +36,9 @@ extern "C" fn entry() {
     // before `main` in a process we started (and in any other, only the loader did).
     let v = unsafe { libc::getenv(c"MULTIPROC_SHM_TRACKER".as_ptr()) };
     if v.is_null() {
+        // A process of the program: its children share its tracker (no lock, no
+        // allocation; the tracker itself starts only when first needed).
+        mp_core::inherit::offer(&super::OFFER);
         return;
     }
     // SAFETY: getenv returned a NUL-terminated string that lives as long as the
@@ -79,31 +89,62 @@ fn serve() -> ! {
         // SAFETY: leave at once; nothing was registered.
         unsafe { libc::_exit(71) }
     }
+    let names = collect(sock);
+    super::report::install();
+    for n in names {
+        let mut path = Vec::with_capacity(n.len() + 1);
+        path.push(b'/');
+        path.extend_from_slice(&n);
+        let Ok(p) = std::ffi::CString::new(path) else {
+            continue;
+        };
+        // A segment already gone was unlinked behind the tracker's back: nothing leaked.
+        if rustix::shm::unlink(p.as_c_str()).is_ok() {
+            tracing::warn!(
+                // Quoted and escaped: a name may hold any byte but '/' and NUL.
+                segment = ?String::from_utf8_lossy(&n),
+                "unlinked a segment still registered when the last process of its tree \
+                 ended (its creator was killed, or never unlinked it)"
+            );
+        }
+    }
+    // SAFETY: leave at once, running no destructor or handler of the program.
+    unsafe { libc::_exit(0) }
+}
+
+/// Reads messages until end of file (every copy of the other end closed); the segments
+/// still registered then.
+fn collect(sock: BorrowedFd<'_>) -> Vec<Vec<u8>> {
     let mut names: Vec<Vec<u8>> = Vec::new();
     // One message per read (a seqpacket socket); a longer one is cut and skipped.
     let mut buf = [0u8; 512];
     loop {
         match recv(sock, &mut buf[..], RecvFlags::TRUNC) {
-            Ok((0, _)) => break,
+            // An empty message reads as 0 bytes too: the end is a hang-up with no byte
+            // left to read (FIONREAD counts every queued message's bytes here).
+            Ok((0, 0)) if hung_up(sock) && rustix::io::ioctl_fionread(sock).unwrap_or(0) == 0 => {
+                return names
+            }
             Ok((n, full)) => {
                 if let Some(msg) = buf.get(..n).filter(|_| full == n) {
                     apply(&mut names, msg);
                 }
             }
             Err(rustix::io::Errno::INTR) => {}
-            Err(_) => break,
+            Err(_) => return names,
         }
     }
-    for n in names {
-        let mut path = Vec::with_capacity(n.len() + 1);
-        path.push(b'/');
-        path.extend_from_slice(&n);
-        if let Ok(p) = std::ffi::CString::new(path) {
-            let _ = rustix::shm::unlink(p.as_c_str());
-        }
-    }
-    // SAFETY: leave at once, running no destructor or handler of the program.
-    unsafe { libc::_exit(0) }
+}
+
+/// Whether every copy of the other end of `sock` is closed.
+fn hung_up(sock: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&sock, PollFlags::RDHUP)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0
+        && fds[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP))
 }
 
 #[cfg(test)]
@@ -144,5 +185,39 @@ mod tests {
             apply(&mut names, &msg);
         }
         assert!(names.iter().all(|n| valid(n)));
+    }
+
+    /// Messages from several copies of the client end, an empty one among them, then
+    /// end of file once the last copy is closed.
+    #[test]
+    fn collects_until_the_last_copy_is_closed() {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        use std::os::fd::AsFd;
+        let (client, tracker) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let other = client.try_clone().unwrap();
+        for (s, m) in [
+            (&client, &b"+a"[..]),
+            (&other, b""),
+            (&other, b"+b"),
+            (&client, b"-a"),
+        ] {
+            send(s, m, SendFlags::NOSIGNAL).unwrap();
+        }
+        drop(client);
+        send(&other, b"+c", SendFlags::NOSIGNAL).unwrap();
+        // An empty message just before the end, with one more behind it.
+        send(&other, b"", SendFlags::NOSIGNAL).unwrap();
+        send(&other, b"+d", SendFlags::NOSIGNAL).unwrap();
+        drop(other);
+        assert_eq!(
+            collect(tracker.as_fd()),
+            vec![b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
+        );
     }
 }

@@ -2,9 +2,10 @@
 //! [`FD`], stdin on `/dev/null`, in a session of its own, and the terminal's signals
 //! blocked from its first instruction (the spawn attributes set the mask before exec).
 use super::serve::{ENTRY, FD, MARKER};
+use mp_core::PrivateFd;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 
 /// The signals the tracker never reacts to: it ends only at end of file (or SIGKILL).
@@ -17,7 +18,7 @@ fn cstring(b: &[u8]) -> io::Result<CString> {
 }
 
 /// Spawns the tracker with `sock` as its fd [`FD`]; returns its pid.
-pub(super) fn spawn(sock: &OwnedFd) -> io::Result<rustix::process::Pid> {
+pub(super) fn spawn(sock: &PrivateFd) -> io::Result<rustix::process::Pid> {
     if std::env::var_os(MARKER).is_some() {
         // We were started as a tracker and yet run the program: the entry hook was not
         // linked in. Never start helpers from here (that would repeat for ever).
@@ -30,7 +31,7 @@ pub(super) fn spawn(sock: &OwnedFd) -> io::Result<rustix::process::Pid> {
     // dup2 onto the same number would not clear close-on-exec: keep the source elsewhere.
     let moved;
     let src = if sock.as_raw_fd() == FD {
-        moved = rustix::io::fcntl_dupfd_cloexec(sock, FD + 1)?;
+        moved = PrivateFd::new(rustix::io::fcntl_dupfd_cloexec(sock, FD + 1)?)?;
         moved.as_raw_fd()
     } else {
         sock.as_raw_fd()
