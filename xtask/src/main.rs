@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`, the project's automation in plain Rust:
 //!
-//! - `test`: format check, clippy (warnings denied), unit and doc tests, then every
+//! - `test`: format check, clippy (warnings denied), unit and doc tests, the docs
+//!   (warnings denied), then every
 //!   integration test binary under each start method (spawn, forkserver, fork) and every
 //!   example; a table of pass and fail per crate and start method; fails if any cell does.
 //! - `bench [--quick] [--json FILE] [--pin CPU]`: the benchmark suite beside CPython and
@@ -155,7 +156,7 @@ fn test() -> ExitCode {
     // Counts from the steps before the matrix (unit and doc tests; 1 failure for a
     // failed step with no test count of its own, such as the format check).
     let (mut total_p, mut total_f) = (0usize, 0usize);
-    let steps: [(&str, &[&str]); 4] = [
+    let steps: [(&str, &[&str]); 5] = [
         ("format check", &["fmt", "--all", "--", "--check"]),
         (
             "clippy",
@@ -171,12 +172,17 @@ fn test() -> ExitCode {
         ),
         ("unit tests", &["test", "--workspace", "--lib", "--bins"]),
         ("doc tests", &["test", "--workspace", "--doc"]),
+        // Broken intra-doc links and the like (RUSTDOCFLAGS below).
+        ("docs", &["doc", "--workspace", "--no-deps", "--quiet"]),
     ];
     for (name, args) in steps {
         eprintln!("xtask: {name} ...");
         let t = Instant::now();
         let mut cmd = cargo();
         cmd.args(args).env("MULTIPROC_START_METHOD", "spawn");
+        if name == "docs" {
+            cmd.env("RUSTDOCFLAGS", "-D warnings");
+        }
         let (ok, text) = run_captured(cmd, Duration::from_secs(1800));
         let (passed, failed) = count(&text);
         eprintln!(

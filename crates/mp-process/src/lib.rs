@@ -66,7 +66,7 @@
 //! executable and the tag before it calls anything, and the trampoline checks the hash,
 //! so a mismatch, an altered or a forged [`RemoteTarget`] is an error and never
 //! undefined behaviour. Targets must live in the main executable: linking mp-process as
-//! a shared library makes [`Process::start`] fail with [`ProcessError::Target`].
+//! a shared library makes [`ProcessBuilder::start`] fail with [`ProcessError::Target`].
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
 mod child;

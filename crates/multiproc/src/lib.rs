@@ -6,7 +6,7 @@
 //!
 //! - [`Process`] ([`process`]): run a Rust function in a child process started with
 //!   spawn, forkserver or fork, and get its return value back.
-//! - [`Pipe`](pipe::Pipe), [`Connection`] ([`pipe`]): messages between processes,
+//! - [`Pipe`](pipe::Pipe), [`Connection`] ([`pipe`](mod@pipe)): messages between processes,
 //!   fd passing, `wait`, and `Listener`/`Client` that talk to Python's
 //!   `multiprocessing.connection`.
 //! - [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`],
