@@ -1,9 +1,8 @@
 //! `cargo xtask <command>`, the project's automation in plain Rust:
 //!
 //! - `test`: format check, clippy (warnings denied), unit and doc tests, the docs
-//!   (warnings denied), then every
-//!   integration test binary under each start method (spawn, forkserver, fork) and every
-//!   example; a table of pass and fail per crate and start method; fails if any cell does.
+//!   (warnings denied), then every integration test binary under each start method
+//!   (spawn, forkserver, fork) and every example; a table of pass and fail per crate and start method; fails if any cell does.
 //! - `bench [--quick] [--json FILE] [--pin CPU]`: the benchmark suite beside CPython and
 //!   the limits (see bench.rs).
 //! - `report [--from FILE] [--quick]`: benches/REPORT.md and benches/report.svg.
