@@ -156,6 +156,7 @@ pub fn run_participant(
             leaks: Vec::new(),
         };
         let before = probe::Fds::take();
+        let strays_before = probe::stray_children(&ctx.expected_children);
         watchdog::arm(participant, run);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut ctx)))
             .unwrap_or_else(|p| {
@@ -186,9 +187,15 @@ pub fn run_participant(
                 after.new_since(&before).join(", ")
             ));
         }
+        // Children that were already there (an earlier run's leak, counted then) are
+        // not this run's.
         let mut expected = ctx.expected_children.clone();
         expected.extend(multiproc::process::forkserver_pid());
-        leaks.extend(probe::stray_children(&expected));
+        leaks.extend(
+            probe::stray_children(&expected)
+                .into_iter()
+                .filter(|s| !strays_before.contains(s)),
+        );
         if !leaks.is_empty() {
             problems.push(format!("run {run}: left behind: {}", leaks.join("; ")));
         }

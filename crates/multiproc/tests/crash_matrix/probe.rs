@@ -85,11 +85,26 @@ pub fn stray_children(expected: &[i32]) -> Vec<String> {
     children_of(me)
         .into_iter()
         .filter_map(|(pid, comm, state)| match state {
-            'Z' => Some(format!("zombie child {pid} ({comm})")),
+            'Z' => Some(format!("zombie child {pid} ({comm}, {})", exit_of(pid))),
             _ if expected.contains(&pid) => None,
             _ => Some(format!("stray child {pid} ({comm}, state {state})")),
         })
         .collect()
+}
+
+/// How a zombie ended, from its wait status (field 52 of `/proc/<pid>/stat`).
+fn exit_of(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| {
+            let (_, rest) = t.rsplit_once(')')?;
+            rest.split_whitespace().nth(49)?.parse::<i32>().ok()
+        });
+    match status {
+        Some(s) if s & 0x7f == 0 => format!("exited with {}", (s >> 8) & 0xff),
+        Some(s) => format!("killed by signal {}", s & 0x7f),
+        None => "status unknown".into(),
+    }
 }
 
 /// Entries of `/dev/shm` whose name starts with `prefix`.

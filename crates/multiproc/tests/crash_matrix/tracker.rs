@@ -179,6 +179,12 @@ fn drive(
     let [first, after] = counts[..] else {
         return Err(format!("bad line {done:?}"));
     };
+    // The killed tracker was reaped by the creator, not left a zombie.
+    for (pid, comm, state) in probe::children_of(creator.id() as i32) {
+        if state == 'Z' {
+            ctx.leak(format!("zombie {pid} ({comm}) in the creator"));
+        }
+    }
     let alive = trackers(&ctx.tag)
         .into_iter()
         .filter_map(|p| probe::pidfd(p).ok())
