@@ -8,8 +8,16 @@ use std::time::{Duration, Instant};
 
 /// How many runs each participant gets (`MP_CRASH_RUNS` to change it).
 pub const DEFAULT_RUNS: usize = 20;
-/// A run that takes longer than this has hung: the watchdog ends the test binary.
+/// A run that takes longer than this has hung: the watchdog ends the test binary
+/// (`MP_CRASH_WATCHDOG`, in seconds, to change it).
 pub const WATCHDOG: Duration = Duration::from_secs(90);
+
+fn watchdog_secs() -> u32 {
+    std::env::var("MP_CRASH_WATCHDOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(WATCHDOG.as_secs() as u32)
+}
 /// The bound of every wait inside a run (generous: a slow machine must never fail by time).
 pub const LONG: Duration = Duration::from_secs(30);
 
@@ -283,8 +291,9 @@ mod watchdog {
     }
 
     pub fn arm(participant: &'static str, run: usize) {
+        let secs = watchdog_secs();
         let label: &'static str =
-            Box::leak(format!("{participant}, run {run}, after {WATCHDOG:?}").into_boxed_str());
+            Box::leak(format!("{participant}, run {run}, after {secs} s").into_boxed_str());
         LABEL[1].store(label.len(), Ordering::SeqCst);
         LABEL[0].store(label.as_ptr() as usize, Ordering::SeqCst);
         // SAFETY: installs a handler that only calls async-signal-safe functions; alarm
@@ -294,7 +303,7 @@ mod watchdog {
                 libc::SIGALRM,
                 on_alarm as extern "C" fn(libc::c_int) as *const () as libc::sighandler_t,
             );
-            libc::alarm(WATCHDOG.as_secs() as libc::c_uint);
+            libc::alarm(secs);
         }
     }
 
