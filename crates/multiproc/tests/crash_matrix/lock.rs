@@ -1,7 +1,8 @@
 //! A lock holder killed at a random point of its loop (mostly inside the critical
 //! section, now and then inside acquire or release, or while it waits): a waiter in
 //! another process takes the lock over (OwnerDied when it was held) and repairs the
-//! data it guards; the lock then works as new.
+//! data it guards; the lock then works as new. Half the runs hold the lock through a
+//! guard (`lock()`), the others Python's way (`acquire()` / `release()`).
 use crate::matrix::{Ctx, RunResult, LONG};
 use multiproc::{Event, Lock, Process, ProcessError, Value};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -12,18 +13,33 @@ use std::time::Instant;
 /// leaves them equal.
 type Pair = (Value<AtomicU64>, Value<AtomicU64>);
 
-/// Takes and releases the lock in a loop; says when it has done so `k` times.
-fn holder(lock: Lock, (a, b): Pair, reached: Event, k: u64) -> Result<(), String> {
+/// The critical section: `a` moves, some work, `b` catches up.
+fn update((a, b): &Pair) {
+    a.fetch_add(1, SeqCst);
+    for _ in 0..20 {
+        std::hint::black_box(rustix::process::getpid());
+    }
+    b.store(a.load(SeqCst), SeqCst);
+}
+
+/// Takes and releases the lock in a loop (through a guard, or `plain`ly); says when it
+/// has done so `k` times.
+fn holder(lock: Lock, pair: Pair, reached: Event, k: u64, plain: bool) -> Result<(), String> {
     let end = Instant::now() + 2 * LONG;
     let mut step = 0;
     while Instant::now() < end {
-        {
-            let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
-            a.fetch_add(1, SeqCst);
-            for _ in 0..20 {
-                std::hint::black_box(rustix::process::getpid());
+        if plain {
+            match lock.acquire(true, None) {
+                Ok(true) => {}
+                Ok(false) => return Err("acquire without a timeout gave up".into()),
+                Err(multiproc::SyncError::OwnerDied(held)) => held.keep(),
+                Err(e) => return Err(e.to_string()),
             }
-            b.store(a.load(SeqCst), SeqCst);
+            update(&pair);
+            lock.release().map_err(|e| e.to_string())?;
+        } else {
+            let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+            update(&pair);
         }
         step += 1;
         if step == k {
@@ -72,9 +88,13 @@ pub fn scenario(ctx: &mut Ctx) -> RunResult {
         Event::new().map_err(|e| s(&e))?,
     );
     let k = ctx.rng.range(1, 300);
-    let mut h = Process::new(holder, (lock.clone(), pair.clone(), reached.clone(), k))
-        .start()
-        .map_err(|e| s(&e))?;
+    let plain = ctx.run % 4 >= 2;
+    let mut h = Process::new(
+        holder,
+        (lock.clone(), pair.clone(), reached.clone(), k, plain),
+    )
+    .start()
+    .map_err(|e| s(&e))?;
     let mut w = match Process::new(waiter, (lock.clone(), pair.clone(), go.clone())).start() {
         Ok(w) => w,
         Err(e) => {
