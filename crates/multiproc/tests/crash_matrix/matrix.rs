@@ -185,10 +185,13 @@ pub fn run_participant(
             Err(why) => problems.push(format!("run {run}: not recovered: {why}")),
         }
         let mut leaks = std::mem::take(&mut ctx.leaks);
+        // Each leaked thing counts once: a segment, a child, an fd.
+        let mut count = leaks.len();
         // The fd count must not grow; a helper's fds replaced one for one (a new
         // forkserver's) are no leak.
         let after = probe::Fds::take();
         if after.count() > before.count() {
+            count += after.count() - before.count();
             leaks.push(format!(
                 "{} more fds: new ones {}",
                 after.count() - before.count(),
@@ -199,15 +202,16 @@ pub fn run_participant(
         // not this run's.
         let mut expected = ctx.expected_children.clone();
         expected.extend(multiproc::process::forkserver_pid());
-        leaks.extend(
-            probe::stray_children(&expected)
-                .into_iter()
-                .filter(|s| !strays_before.contains(s)),
-        );
+        let strays: Vec<String> = probe::stray_children(&expected)
+            .into_iter()
+            .filter(|s| !strays_before.contains(s))
+            .collect();
+        count += strays.len();
+        leaks.extend(strays);
         if !leaks.is_empty() {
             problems.push(format!("run {run}: left behind: {}", leaks.join("; ")));
         }
-        tally.leaks += leaks.len();
+        tally.leaks += count;
         tally.runs += 1;
     }
     tally.seconds = t0.elapsed().as_secs_f64();
