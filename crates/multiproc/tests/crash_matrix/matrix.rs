@@ -164,7 +164,10 @@ pub fn run_participant(
             leaks: Vec::new(),
         };
         let before = probe::Fds::take();
-        let strays_before = probe::stray_children(&ctx.expected_children);
+        let strays_before: Vec<i32> = probe::stray_children(&ctx.expected_children)
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
         watchdog::arm(participant, run);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut ctx)))
             .unwrap_or_else(|p| {
@@ -204,7 +207,8 @@ pub fn run_participant(
         expected.extend(multiproc::process::forkserver_pid());
         let strays: Vec<String> = probe::stray_children(&expected)
             .into_iter()
-            .filter(|s| !strays_before.contains(s))
+            .filter(|(pid, _)| !strays_before.contains(pid))
+            .map(|(_, what)| what)
             .collect();
         count += strays.len();
         leaks.extend(strays);

@@ -79,15 +79,19 @@ pub fn children_of(parent: i32) -> Vec<(i32, String, char)> {
         .collect()
 }
 
-/// Children of this process that are zombies, or alive and not in `expected`.
-pub fn stray_children(expected: &[i32]) -> Vec<String> {
+/// Children of this process that are zombies, or alive and not in `expected`: their
+/// pids and what they are.
+pub fn stray_children(expected: &[i32]) -> Vec<(i32, String)> {
     let me = std::process::id() as i32;
     children_of(me)
         .into_iter()
         .filter_map(|(pid, comm, state)| match state {
-            'Z' => Some(format!("zombie child {pid} ({comm}, {})", exit_of(pid))),
+            'Z' => Some((
+                pid,
+                format!("zombie child {pid} ({comm}, {})", exit_of(pid)),
+            )),
             _ if expected.contains(&pid) => None,
-            _ => Some(format!("stray child {pid} ({comm}, state {state})")),
+            _ => Some((pid, format!("stray child {pid} ({comm}, state {state})"))),
         })
         .collect()
 }
