@@ -2,7 +2,10 @@
 //!
 //! - `test`: format check, clippy (warnings denied), unit and doc tests, the docs
 //!   (warnings denied), then every integration test binary under each start method
-//!   (spawn, forkserver, fork) and every example; a table of pass and fail per crate and start method; fails if any cell does.
+//!   (spawn, forkserver, fork) and every example; a table of pass and fail per crate and
+//!   start method, and the crash matrix's table (participant x start method: runs,
+//!   recovered, leaks); fails if any cell does.
+//! - `crash [--runs N] [--seed S]`: the crash matrix alone (see crash.rs).
 //! - `bench [--quick] [--json FILE] [--pin CPU]`: the benchmark suite beside CPython and
 //!   the limits (see bench.rs).
 //! - `report [--from FILE] [--quick]`: benches/REPORT.md and benches/report.svg.
@@ -12,6 +15,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod bench;
+mod crash;
 mod report;
 
 const METHODS: [&str; 3] = ["spawn", "forkserver", "fork"];
@@ -207,6 +211,7 @@ fn test() -> ExitCode {
         total_f += 1;
     }
     let mut matrix: Vec<(String, String, Cell)> = Vec::new();
+    let mut crash_rows = Vec::new();
     for (pkg, tests) in test_targets() {
         for method in METHODS {
             let mut cell = Cell {
@@ -225,6 +230,7 @@ fn test() -> ExitCode {
                 let t0 = Instant::now();
                 let (ok, text) = run_captured(cmd, Duration::from_secs(900));
                 let (p, f) = count(&text);
+                crash_rows.extend(crash::rows(&text));
                 eprintln!(
                     "xtask: {pkg}/{t} [{method}]: {} ({p} passed, {f} failed, {:.1} s)",
                     if ok { "ok" } else { "FAILED" },
@@ -307,6 +313,8 @@ fn test() -> ExitCode {
         }
         println!("{line}");
     }
+    // The crash matrix's failures are already counted as its binary's test failures.
+    crash::print(&crash_rows);
     println!("\nxtask test took {:.0} s", t0.elapsed().as_secs_f64());
     if !failures.is_empty() {
         println!("failed: {}", failures.join(", "));
@@ -350,10 +358,11 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench::bench(&args[1..]),
         Some("showcase") => showcase(),
+        Some("crash") => crash::crash(&args[1..]),
         Some("report") => report::report(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | bench [--quick] [--json FILE] [--pin CPU] | showcase"
+                "usage: cargo xtask test | crash [--runs N] [--seed S] | bench [--quick] [--json FILE] [--pin CPU] | showcase"
             );
             ExitCode::from(2)
         }
