@@ -506,7 +506,7 @@ impl<R: DeserializeOwned> Process<R> {
             .entry
             .reap(deadline)
             .ok_or(ProcessError::Timeout(timeout))?;
-        children().retain(|c| !Arc::ptr_eq(c, &self.entry));
+        self.unregister();
         match std::mem::replace(&mut self.reply, Reply::Taken) {
             Reply::Taken => Err(ProcessError::AlreadyJoined),
             Reply::Pending(_) => Err(ProcessError::AlreadyJoined),
@@ -549,7 +549,17 @@ impl<R> Process<R> {
 
     /// How the child ended, without waiting: `None` while it runs.
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        self.entry.reap(Deadline::from_now(Duration::ZERO))
+        let status = self.entry.reap(Deadline::from_now(Duration::ZERO));
+        if status.is_some() {
+            self.unregister();
+        }
+        status
+    }
+
+    /// Takes a reaped child out of the registry of children, so its pidfd closes with
+    /// the last handle (a pool that drops its workers' handles keeps no pidfd).
+    fn unregister(&self) {
+        children().retain(|c| !Arc::ptr_eq(c, &self.entry));
     }
 
     /// Python's `exitcode`: `None` while running, 0, N after `exit(N)` (1 after a

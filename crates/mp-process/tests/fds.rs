@@ -400,9 +400,44 @@ fn forkserver_holds_no_parent_fd() -> R {
     expect_ok(c)
 }
 
+/// In a program of its own (nothing else counts its fds): a handle that saw its child
+/// exit through `exit_status()` (as a pool does) keeps no pidfd once dropped.
+fn reaped_handles_release_their_pidfd() -> Result<(), String> {
+    // A first child starts what lives on (the forkserver and its pidfd, the tracker).
+    Process::new(plus_one, (1,))
+        .start()
+        .and_then(|mut p| p.join())
+        .map_err(|e| e.to_string())?;
+    let before = sockets_and_pidfds().1;
+    for _ in 0..3 {
+        let p = Process::new(plus_one, (1,))
+            .start()
+            .map_err(|e| e.to_string())?;
+        if !readable(p.sentinel()) {
+            return Err("the child did not exit in time".into());
+        }
+        if p.exit_status().is_none() {
+            return Err("exit_status() is None after the sentinel fired".into());
+        }
+    }
+    let after = sockets_and_pidfds().1;
+    if after > before {
+        return Err(format!(
+            "{} pidfds kept after the handles were dropped",
+            after - before
+        ));
+    }
+    Ok(())
+}
+
+fn reaped_handles_release_their_pidfds() -> R {
+    expect_ok(scenario("reaped_handles"))
+}
+
 fn run_scenario(name: &str) -> ! {
     init();
     let r = match name {
+        "reaped_handles" => reaped_handles_release_their_pidfd(),
         "static_files" => static_files_at_3_and_4(),
         "forkserver_pipe" => forkserver_pipe_reaches_eof(),
         other => Err(format!("no scenario {other}")),
@@ -486,6 +521,10 @@ fn main() {
         t(
             "child_holds_no_private_fd_of_its_parent",
             child_holds_no_private_fd_of_its_parent,
+        ),
+        t(
+            "reaped_handles_release_their_pidfds",
+            reaped_handles_release_their_pidfds,
         ),
     ];
     match method {
