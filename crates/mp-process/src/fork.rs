@@ -61,11 +61,15 @@ impl ForkLocks {
 /// parent's records, and takes ownership of `keep`, where it already is. The user's fds
 /// stay open. Exits the child (with [`child::EXIT_BOOTSTRAP`]) if that fails.
 ///
-/// `keep` must be owned by a frame of the parent's code (ProcessBuilder::start, the
-/// forkserver's loop, ForkTemplate::start) that the child never returns to, unwinds or
-/// drops; it must be called in a child of `fork` (or `clone` without `CLONE_VM`).
-pub(crate) fn settle_in_child(keep: &PrivateFd, locks: ForkLocks) -> PrivateFd {
-    // SAFETY: the child of a fork runs one thread, this one.
+/// # Safety
+///
+/// Call it only in the child of a `fork` (or of a `clone` without `CLONE_VM`), before it
+/// starts a thread, and with `keep` owned by a frame of the parent's code
+/// (ProcessBuilder::start, the forkserver's loop, ForkTemplate::start) that the child
+/// never returns to, unwinds or drops: the returned `PrivateFd` becomes the fd's only
+/// owner.
+pub(crate) unsafe fn settle_in_child(keep: &PrivateFd, locks: ForkLocks) -> PrivateFd {
+    // SAFETY: the child of a fork runs one thread, this one (this function's contract).
     if unsafe { mp_core::private_fd::neutralize_inherited(&[keep.as_fd()]) }.is_err() {
         // SAFETY: ends the child at once, dropping nothing (see neutralize_inherited).
         unsafe { libc::_exit(child::EXIT_BOOTSTRAP) }
@@ -85,8 +89,13 @@ pub(crate) fn settle_in_child(keep: &PrivateFd, locks: ForkLocks) -> PrivateFd {
 /// In a freshly forked child (of this process, of the forkserver or of a fork template):
 /// settles in (see [`settle_in_child`]) and runs the child with `sock` as its bootstrap
 /// socket. Never returns.
-pub(crate) fn after_fork(sock: &PrivateFd, locks: ForkLocks) -> ! {
-    child::child_main(settle_in_child(sock, locks))
+///
+/// # Safety
+///
+/// As for [`settle_in_child`], with `sock` as `keep`.
+pub(crate) unsafe fn after_fork(sock: &PrivateFd, locks: ForkLocks) -> ! {
+    // SAFETY: this function's contract is settle_in_child's.
+    child::child_main(unsafe { settle_in_child(sock, locks) })
 }
 
 /// Refuses to fork a process that runs other threads, unless `allow_threads`.
@@ -136,5 +145,7 @@ pub(crate) fn fork_then(
 
 /// Forks the calling process; the child runs its task and exits.
 pub(crate) fn fork(fd: &PrivateFd, allow_threads: bool) -> Result<Pid, ProcessError> {
-    fork_then(allow_threads, |locks| after_fork(fd, locks))
+    // SAFETY: the closure runs in the child of fork_then's fork, first thing; `fd` is
+    // owned by ProcessBuilder::start's frame, which that child never returns to.
+    fork_then(allow_threads, |locks| unsafe { after_fork(fd, locks) })
 }

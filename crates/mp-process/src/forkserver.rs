@@ -224,7 +224,10 @@ pub(crate) fn serve_requests(
         };
         if pid == 0 {
             set_signal_mask(&child_mask);
-            after_fork(&fd, locks);
+            // SAFETY: the child of the clone above, single-threaded; `fd` is owned by
+            // this loop's frame, which the child never returns to (after_fork never
+            // returns).
+            unsafe { after_fork(&fd, locks) };
         }
         let reply = if pid < 0 {
             -io::Error::last_os_error()

@@ -123,7 +123,10 @@ impl ForkTemplate {
         // Blocked across the fork, so the template never runs a handler of the program's
         // for them; this thread gets its mask back at once.
         let mask = block_stop_signals();
-        let forked = fork_then(allow_threads, |locks| {
+        // SAFETY: the closure runs first thing in the child of fork_then's fork; `theirs`
+        // is owned by this frame, which that child never returns to (template_main
+        // never returns).
+        let forked = fork_then(allow_threads, |locks| unsafe {
             template_main(&theirs, owner, locks, mask)
         });
         set_signal_mask(&mask);
@@ -216,13 +219,18 @@ impl Drop for Inner {
 /// The template, right after the fork: lets go of the library's private fds but its
 /// control socket, watches its owner, and serves requests until the owner or the
 /// control socket goes. Never returns.
-fn template_main(
+///
+/// # Safety
+///
+/// As for [`settle_in_child`], with `control` as `keep`.
+unsafe fn template_main(
     control: &PrivateFd,
     owner: Pid,
     locks: ForkLocks,
     child_mask: libc::sigset_t,
 ) -> ! {
-    let control = settle_in_child(control, locks);
+    // SAFETY: this function's contract is settle_in_child's.
+    let control = unsafe { settle_in_child(control, locks) };
     let Ok(watch) = rustix::process::pidfd_open(owner, PidfdFlags::empty()) else {
         leave(0)
     };
