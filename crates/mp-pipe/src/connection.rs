@@ -38,6 +38,7 @@
 use crate::error::{PipeError, Result};
 use mp_core::frame::{self, Header, MAX_HEADER};
 use mp_core::handles;
+use mp_core::PrivateFd;
 use rustix::net::{SendAncillaryBuffer, SendFlags};
 use serde::de::DeserializeOwned;
 use serde::ser::SerializeStruct;
@@ -78,7 +79,7 @@ const MAX_VARINT: usize = 5;
 ///
 /// Methods that receive take `&mut self`: a connection has one reader at a time.
 pub struct Connection {
-    fd: Option<OwnedFd>,
+    fd: Option<Sock>,
     readable: bool,
     writable: bool,
     /// An `AF_UNIX` socket, which can carry fds.
@@ -97,6 +98,23 @@ pub struct Connection {
     held: usize,
     wbuf: Vec<u8>,
     read_state: ReadState,
+}
+
+/// A connection's socket: an ordinary fd, or one of the library's own
+/// ([`Connection::make_private`]).
+#[derive(Debug)]
+enum Sock {
+    Plain(OwnedFd),
+    Private(PrivateFd),
+}
+
+impl AsFd for Sock {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Sock::Plain(fd) => fd.as_fd(),
+            Sock::Private(fd) => fd.as_fd(),
+        }
+    }
 }
 
 /// Fds that came with one receive.
@@ -195,7 +213,7 @@ pub fn pipe_oneway() -> Result<(Connection, Connection)> {
 impl Connection {
     fn new(fd: OwnedFd, readable: bool, writable: bool, unix: bool) -> Self {
         Connection {
-            fd: Some(fd),
+            fd: Some(Sock::Plain(fd)),
             readable,
             writable,
             unix,
@@ -223,6 +241,29 @@ impl Connection {
         }
         let unix = rustix::net::sockopt::socket_domain(&fd)? == rustix::net::AddressFamily::UNIX;
         Ok(Connection::new(fd, readable, writable, unix))
+    }
+
+    /// Makes this end's socket one of the library's own fds ([`mp_core::PrivateFd`]): a
+    /// child forked from now on (by `mp_process`) lets go of it first thing, and no program
+    /// started by exec inherits it. For a library's own channels (a pool's ends of its
+    /// workers' pipes), never for a user's, which a forked child inherits as in Python.
+    /// Sending the connection to another process still works: the receiver gets an
+    /// ordinary fd.
+    ///
+    /// Does nothing on a closed or already private connection. Fails only if the fd's
+    /// flags cannot be read or set, which leaves the connection closed.
+    pub fn make_private(&mut self) -> Result<()> {
+        match self.fd.take() {
+            Some(Sock::Plain(fd)) => match PrivateFd::new(fd) {
+                Ok(fd) => self.fd = Some(Sock::Private(fd)),
+                Err(e) => {
+                    self.close();
+                    return Err(e.into());
+                }
+            },
+            other => self.fd = other,
+        }
+        Ok(())
     }
 
     /// Whether this end may receive: false for the write end of a one-way pipe, and,

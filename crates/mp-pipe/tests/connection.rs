@@ -5,7 +5,7 @@ use mp_pipe::{pipe, pipe_oneway, wait, Connection, Pipe, PipeError, MAX_FDS_PER_
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 type R = Result<(), Box<dyn std::error::Error>>;
@@ -410,6 +410,33 @@ fn connections_and_files_travel_inside_messages() -> R {
     w3.send(&3u8)?;
     assert_eq!(got3.recv::<u8>()?, 3);
     assert!(matches!(err(got3.send(&1u8)), PipeError::ReadOnly));
+    Ok(())
+}
+
+/// A private connection (a library's own channel) works as before, is registered as
+/// private, and still travels: the receiver's copy is an ordinary fd.
+#[test]
+fn a_private_connection_works_and_travels() -> R {
+    use mp_core::private_fd::is_private;
+    let (mut a, mut b) = pipe()?;
+    let (mut x, mut y) = pipe()?;
+    x.make_private()?;
+    x.make_private()?; // again: nothing changes
+    assert!(is_private(x.fd()?));
+    x.send(&"private")?;
+    assert_eq!(y.recv::<String>()?, "private");
+    y.send(&1u8)?;
+    assert_eq!(x.recv::<u8>()?, 1);
+    a.send(&x)?;
+    let mut got: Connection = b.recv()?;
+    assert!(is_private(x.fd()?) && !is_private(got.fd()?));
+    got.send(&2u8)?;
+    assert_eq!(y.recv::<u8>()?, 2);
+    let raw = x.fd()?.as_raw_fd();
+    drop(x);
+    // Closed: the number is no longer registered (whatever reuses it is not private).
+    let reuse = File::open("/dev/null")?;
+    assert!(reuse.as_raw_fd() != raw || !is_private(reuse.as_fd()));
     Ok(())
 }
 

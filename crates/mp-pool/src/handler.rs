@@ -11,16 +11,14 @@
 //! Sinks and callbacks run with no lock held.
 use crate::progress::{self, Board};
 use crate::result::{lock, ChunkOutcome, Sink};
-use crate::start::Origin;
 use crate::wire::{Encoded, Reply, TaskOut, WorkerMsg};
 use crate::PoolError;
 use mp_core::spin::{may_spin, SPIN};
-use mp_core::Deadline;
+use mp_core::{Deadline, PrivateFd};
 use mp_pipe::{Connection, Waitable};
-use mp_process::{Process, RemoteTarget, StartMethod};
+use mp_process::{ForkTemplate, Process, RemoteTarget, StartMethod};
 use rustix::event::epoll;
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -398,10 +396,15 @@ enum Step {
 /// What the pool's handle, its results and its handler thread share.
 pub(crate) struct Shared {
     pub state: Mutex<State>,
-    wake: OwnedFd,
+    /// Private fds ([`mp_core::PrivateFd`]), as the workers' pipes and pidfds are: no
+    /// child forked from this process while the pool lives holds one.
+    wake: PrivateFd,
     /// What the handler waits on: `wake` (data 0), each worker's reader (`2 * key`) and
     /// pidfd (`2 * key + 1`).
-    pub epoll: OwnedFd,
+    pub epoll: PrivateFd,
+    /// Under fork, what every worker is forked from (see [`crate::start`]); dropped, and
+    /// so killed and reaped, by the handler once the workers are gone.
+    pub template: Mutex<Option<ForkTemplate>>,
     /// Bumped each time a reader in `get` takes a worker's reader: the handler then
     /// checks a reader is still readable before it reads.
     helps: AtomicU64,
@@ -416,11 +419,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(cfg: Config, processes: usize) -> Result<Self, PoolError> {
+    pub fn new(
+        cfg: Config,
+        processes: usize,
+        template: Option<ForkTemplate>,
+    ) -> Result<Self, PoolError> {
         use rustix::event::{eventfd, EventfdFlags};
         let io = |e: rustix::io::Errno| PoolError::Io(e.to_string());
-        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(io)?;
-        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io)?;
+        let private = |fd| PrivateFd::new(fd).map_err(|e| PoolError::Io(e.to_string()));
+        let wake =
+            private(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(io)?)?;
+        let ep = private(epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io)?)?;
         epoll::add(
             &ep,
             &wake,
@@ -440,6 +449,7 @@ impl Shared {
             }),
             wake,
             epoll: ep,
+            template: Mutex::new(template),
             helps: AtomicU64::new(0),
             deferred: Mutex::new(Vec::new()),
             cfg,
@@ -722,6 +732,7 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
                 let later = std::mem::take(&mut *lock(&shared.deferred));
                 deliver(later);
                 crate::reap::stop_workers(&shared, handles, graceful);
+                drop(lock(&shared.template).take());
                 return;
             }
             Step::Wait { expecting } => expecting && may_spin(),
@@ -819,9 +830,8 @@ pub(crate) fn run_handler(shared: Arc<Shared>, mut handles: Vec<WorkerHandle>, m
             deliver_failures(f);
             if replace {
                 number += 1;
-                // Forked from this thread, the only one of the pool's, which holds no
-                // lock at this point: see "fork" in the crate docs.
-                match shared.start_worker(number, Origin::Replacement) {
+                // Under fork, forked from the pool's template, never from this process.
+                match shared.start_worker(number) {
                     Ok((handle, slot)) => {
                         shared.add_worker(slot);
                         handles.push(handle);

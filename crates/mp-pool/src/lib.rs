@@ -101,25 +101,26 @@
 //!   `concurrent.futures` does; CPython's `Pool` restarts workers for ever).
 //! - **Start methods**: every worker, first or replacement, is started with the
 //!   pool's start method. Under `spawn` and `forkserver` nothing forks the caller's
-//!   process. Under `fork`, the first workers are started before the handler thread
-//!   exists, so `fork` sees a single-threaded parent (or is refused, as `mp_process`
-//!   does, unless [`PoolBuilder::allow_fork_with_threads`]). Replacements under `fork`
-//!   (after a death, or `maxtasksperchild`) are, for now, forked by the handler thread
-//!   with the threads opt-in: the child runs only the worker loop; glibc's `fork` keeps
-//!   `malloc` usable in the child; the forking thread holds none of the pool's locks;
-//!   and the pool's other state is never touched in the child. What remains is a lock
-//!   held at that instant by another thread of *your* program (stdout, a mutex of
-//!   yours) that a task then takes, and a replacement sees your program's memory as it
-//!   is when it is forked, not as it was at `build()`: use `spawn` or `forkserver` if
-//!   that matters. (The plan: fork replacements from a single-threaded template forked
-//!   at `build()`.)
+//!   process. Under `fork`, `build()` makes an [`mp_process::ForkTemplate`] (a
+//!   single-threaded copy of the program) before the handler thread exists, so that
+//!   fork sees a single-threaded program (or is refused, as `mp_process` does, unless
+//!   [`PoolBuilder::allow_fork_with_threads`]); every worker, first or replacement, is
+//!   forked from that template, never from the running (multi-threaded) program. So
+//!   every worker sees the program's memory and fds as they were at `build()`, as in a
+//!   fork made then (a replacement does not see what changed since). The template holds
+//!   the fds the program had then for as long as the pool lives, as a worker forked then
+//!   would; it is killed and reaped when the pool has stopped its workers.
 //! - **Descriptors**: the parent holds 4 fds per worker (its end of the worker's pipe
 //!   and a second descriptor of it for sending, the worker's pidfd, and the socket
 //!   `mp_process` keeps for a child's outcome), plus a few for the whole pool (an
-//!   epoll, an eventfd, one shared-memory region for every worker's progress word):
-//!   a `Pool(200)` runs at `ulimit -n 1024`. A worker holds its own end of its
-//!   pipe, never another worker's; whoever else may hold a descriptor of the parent's
-//!   end, the pool tells a worker to leave with `shutdown(SHUT_WR)` of that end, and
+//!   epoll, an eventfd, one shared-memory region for every worker's progress word, and
+//!   under fork the template's pidfd and control socket): a `Pool(200)` runs at
+//!   `ulimit -n 1024`. All but the shared memory are the library's private fds
+//!   ([`mp_core::PrivateFd`]): close-on-exec, and let go of first thing by every child
+//!   forked from the program while the pool lives (a `Process` of yours under fork), so
+//!   such a child holds none of the pool's pipes, and the pool's workers and template
+//!   never wait for it. A worker holds its own end of its pipe, never another worker's;
+//!   the pool tells a worker to leave with `shutdown(SHUT_WR)` of the parent's end, and
 //!   sees its death on its pidfd, never by waiting for end of file.
 //! - **close** + **join** lets every task finish, then ends each worker's pipe
 //!   (`shutdown`), which the workers take as their cue to exit with code 0; the handler

@@ -2,11 +2,10 @@
 use crate::handler::{run_handler, Config, Shared, Status, Task};
 use crate::imap::{IMapIter, IMapUnorderedIter, Lazy};
 use crate::result::{complete, lock, AsyncResult, Callbacks, CollectSink, ResultCell, Sink};
-use crate::start::Origin;
 use crate::wire::{Encoded, SeqOfOne};
 use crate::worker::chunk_target;
 use crate::PoolError;
-use mp_process::{RemoteTarget, StartMethod, Target};
+use mp_process::{ForkTemplate, RemoteTarget, StartMethod, Target};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -68,8 +67,9 @@ impl PoolBuilder {
         self
     }
 
-    /// With the `fork` start method, allows starting the first workers from a program
-    /// that already runs other threads (see "fork" in the crate docs).
+    /// With the `fork` start method, allows building the pool in a program that already
+    /// runs other threads (its workers are forked from a copy of it made at `build()`:
+    /// see "Start methods" in the crate docs).
     pub fn allow_fork_with_threads(mut self) -> Self {
         self.allow_fork_threads = true;
         self
@@ -88,20 +88,28 @@ impl PoolBuilder {
             m => m.map(|m| m as u64),
         };
         let init = self.init.transpose()?;
+        let method = self.method.unwrap_or_else(mp_process::get_start_method);
+        // Under fork, every worker (first or replacement) is forked from a template made
+        // now, before the handler thread exists: the only fork of this process the pool
+        // makes, refused (unless allowed) if the program runs threads of its own.
+        let template = match method {
+            StartMethod::Fork if self.allow_fork_threads => {
+                Some(ForkTemplate::new_allowing_threads())
+            }
+            StartMethod::Fork => Some(ForkTemplate::new()),
+            StartMethod::Spawn | StartMethod::Forkserver => None,
+        }
+        .transpose()
+        .map_err(|e| PoolError::Start(e.to_string()))?;
         let cfg = Config {
-            method: self.method.unwrap_or_else(mp_process::get_start_method),
+            method,
             maxtasks,
             init,
         };
-        let shared = Arc::new(Shared::new(cfg, processes)?);
-        // All first workers start before the handler thread exists, so `fork` sees a
-        // single-threaded parent (unless the program has threads of its own).
+        let shared = Arc::new(Shared::new(cfg, processes, template)?);
         let mut handles = Vec::with_capacity(processes);
         for i in 1..=processes {
-            let origin = Origin::First {
-                allow_fork_threads: self.allow_fork_threads,
-            };
-            match shared.start_worker(i, origin) {
+            match shared.start_worker(i) {
                 Ok((h, slot)) => {
                     shared.add_worker(slot);
                     handles.push(h);

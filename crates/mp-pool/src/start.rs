@@ -1,12 +1,18 @@
 //! Starting a worker: its pipe, its progress word, its process under the pool's start
 //! method, and its place in the handler's epoll set.
 //!
+//! How a worker may start: under spawn and forkserver, as any process of that method
+//! (nothing forks this process); under fork, every worker, first or replacement, is
+//! forked from the pool's [`mp_process::ForkTemplate`], made at `build()` before the
+//! handler thread exists, so the pool never forks this (by then multi-threaded) process.
+//!
 //! What the parent keeps per worker, in fds: its end of the worker's pipe and a second
 //! descriptor of it for sending (the reader and the writer keep separate buffers), and
 //! what `mp_process` keeps for a child (its pidfd, and the socket its outcome would
 //! arrive on). Progress words share one region for the whole pool. So 4 per worker:
 //! a `Pool(200)` runs at `ulimit -n 1024`.
 use crate::handler::{Reader, Shared, WorkerHandle, WorkerSlot};
+use crate::result::lock;
 use crate::worker::{worker_main, WorkerConfig, MAX_MESSAGE};
 use crate::PoolError;
 use mp_pipe::Connection;
@@ -21,32 +27,6 @@ use std::time::Instant;
 /// Socket buffer asked for on each worker's pipe.
 const SNDBUF: usize = 1 << 20;
 
-/// Who asks for a worker, which decides how it may be started.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Origin {
-    /// One of the pool's first workers, started by `build()` in the caller's thread
-    /// before the handler thread exists: under fork, the usual check applies (a
-    /// multi-threaded caller is refused unless it opted in).
-    First { allow_fork_threads: bool },
-    /// A replacement, started by the handler thread. Under spawn and forkserver it is
-    /// started as the first ones were: nothing forks this process. Under fork, see
-    /// [`fork_replacement_opt_in`].
-    Replacement,
-}
-
-/// Whether a replacement worker under fork is forked from this (multi-threaded)
-/// process with the threads opt-in.
-///
-/// It should not be: the pool should fork, at `build()` while the caller is still
-/// single-threaded, a single-threaded "worker template" from which replacements are
-/// forked later (with `CLONE_PARENT`, so they stay this process's children, as the
-/// forkserver does). That needs the template from `mp_process`; until it exists, a
-/// replacement under fork is forked from the handler thread, which holds none of the
-/// pool's locks then (see "fork" in the crate docs). This is the one place to change.
-fn fork_replacement_opt_in() -> bool {
-    true
-}
-
 /// The parent's and the worker's ends of a new worker's pipe.
 struct WorkerPipe {
     reader: Connection,
@@ -55,17 +35,22 @@ struct WorkerPipe {
 }
 
 /// Makes a worker's pipe. This is the one place where the parent's end of a worker's
-/// pipe is made: a library-private fd registry (closing such fds in every child right
-/// after fork) is adopted by registering `parent`'s descriptors here.
+/// pipe is made, and its descriptors are private ([`mp_core::PrivateFd`], through
+/// [`Connection::make_private`]): a child forked from this process while the pool lives
+/// (a `Process` of the user's, under fork) lets go of them first thing, and no program
+/// started by exec inherits them.
 ///
 /// Who holds what, afterwards: the parent holds `reader` (the handler thread, or a
 /// reader in `get`, reads it) and `writer` (submitters send on it); the worker holds
-/// `child`, whose copy in the parent is closed once the worker started. The workers are
-/// told to leave with `shutdown(SHUT_WR)` on the parent's end, which reaches the worker
-/// whoever else holds a descriptor of that end; their death is seen on their pidfd.
+/// `child`, whose copy in the parent (private too, until then) is closed once the worker
+/// started. The workers are told to leave with `shutdown(SHUT_WR)` on the parent's end,
+/// which reaches the worker whoever else holds a descriptor of that end; their death is
+/// seen on their pidfd.
 fn worker_pipe() -> Result<WorkerPipe, PoolError> {
     let io = |e: &dyn std::fmt::Display| PoolError::Start(e.to_string());
     let (mut reader, mut child) = mp_pipe::pipe().map_err(|e| io(&e))?;
+    reader.make_private().map_err(|e| io(&e))?;
+    child.make_private().map_err(|e| io(&e))?;
     reader.set_max_message_size(MAX_MESSAGE);
     child.set_max_message_size(MAX_MESSAGE);
     // A second Connection on the same socket, for sending: its own buffers, so the
@@ -75,7 +60,8 @@ fn worker_pipe() -> Result<WorkerPipe, PoolError> {
         .map_err(|e| io(&e))?
         .try_clone_to_owned()
         .map_err(|e| io(&e))?;
-    let writer = Connection::from_fd(dup, false, true).map_err(|e| io(&e))?;
+    let mut writer = Connection::from_fd(dup, false, true).map_err(|e| io(&e))?;
+    writer.make_private().map_err(|e| io(&e))?;
     Ok(WorkerPipe {
         reader,
         writer,
@@ -98,11 +84,7 @@ fn budget(writer: &Connection) -> usize {
 impl Shared {
     /// Starts worker number `number`: its handle for the handler thread, and its
     /// record for the scheduler.
-    pub fn start_worker(
-        &self,
-        number: usize,
-        origin: Origin,
-    ) -> Result<(WorkerHandle, WorkerSlot), PoolError> {
+    pub fn start_worker(&self, number: usize) -> Result<(WorkerHandle, WorkerSlot), PoolError> {
         let io = |e: &dyn std::fmt::Display| PoolError::Start(e.to_string());
         let progress = self
             .board
@@ -125,16 +107,15 @@ impl Shared {
             StartMethod::Fork => "Fork",
         };
         let name = format!("{prefix}PoolWorker-{number}");
-        let allow_fork_threads = match origin {
-            Origin::First { allow_fork_threads } => allow_fork_threads,
-            Origin::Replacement => method == StartMethod::Fork && fork_replacement_opt_in(),
-        };
         let mut b = Process::new(worker_main, (pipe.child, wc))
             .daemon(true)
             .name(name.clone())
             .start_method(method);
-        if allow_fork_threads {
-            b = b.allow_fork_with_threads();
+        if method == StartMethod::Fork {
+            let template = lock(&self.template)
+                .clone()
+                .ok_or_else(|| PoolError::Start("the pool's fork template is gone".into()))?;
+            b = b.fork_from(&template);
         }
         // Consumed here: the parent's copy of the worker's end closes once it started.
         let process = Arc::new(b.start().map_err(|e| io(&e))?);

@@ -249,6 +249,52 @@ fn pool_of_200_at_1024_fds() -> R {
     )
 }
 
+/// What each of this process's fds is: its `/proc/self/fd` link and what its fdinfo says
+/// of the object (a socket's inode, a pidfd's inode and pid, an eventfd's id, what an epoll
+/// watches), leaving out what changes with use (offset, flags, counters).
+fn fd_identities() -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let changing = ["pos:", "flags:", "mnt_id:", "eventfd-count:", "scm_fds:"];
+        let mut id = link.to_string_lossy().into_owned();
+        for line in info
+            .lines()
+            .filter(|l| !changing.iter().any(|c| l.starts_with(c)))
+        {
+            id.push(' ');
+            id.push_str(&line.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+        out.push(id);
+    }
+    out
+}
+
+/// In a child started while a pool lives: says on `report` which of `pool_fds` it holds,
+/// then waits (at most a minute) for `go`.
+fn report_pool_fds(
+    pool_fds: Vec<String>,
+    mut report: mp_pipe::Connection,
+    go: mp_sync::Event,
+) -> bool {
+    let held: Vec<String> = fd_identities()
+        .into_iter()
+        .filter(|id| pool_fds.contains(id))
+        .collect();
+    report.send(&held).is_ok() && go.wait(Some(Duration::from_secs(60)))
+}
+
 static LATE: AtomicU64 = AtomicU64::new(0);
 fn late_value(_: u64) -> u64 {
     LATE.load(Ordering::SeqCst)
@@ -1057,6 +1103,52 @@ fn a_pool_costs_few_fds_per_worker() -> R {
     )
 }
 
+/// A child started while a pool lives (forked, under fork) holds none of the pool's fds:
+/// not the parent's ends of the workers' pipes, the handler's epoll and eventfd, the
+/// workers' pidfds, nor (under fork) the template's; and the pool's close + join returns
+/// while that child still runs.
+fn a_child_started_while_a_pool_lives_holds_none_of_its_fds() -> R {
+    let (mut report, theirs) = mp_pipe::pipe()?;
+    let go = mp_sync::Event::new()?;
+    let before = fd_identities();
+    let p = pool(2)?;
+    ensure(p.map(square, 0..8u64)?.len() == 8, "map")?;
+    // What this process holds now and did not before, but for the progress words' shared
+    // memory (mapped into every forked child anyway, like all of the parent's memory).
+    let pool_fds: Vec<String> = fd_identities()
+        .into_iter()
+        .filter(|id| !before.contains(id) && !id.starts_with("/memfd:"))
+        .collect();
+    ensure(
+        pool_fds.len() >= 2 * 3,
+        format!("the pool's fds: {pool_fds:?}"),
+    )?;
+    let mut child = mp_process::Process::new(report_pool_fds, (pool_fds, theirs, go.clone()))
+        .allow_fork_with_threads()
+        .start()?;
+    let held = if report.poll(Some(PROMPT))? {
+        report.recv::<Vec<String>>().map_err(|e| e.to_string())
+    } else {
+        Err("the child did not report".to_string())
+    };
+    p.close();
+    let joined = within(JOIN_BOUND, "join after close, while the child runs", || {
+        p.join()
+    });
+    go.set();
+    let child_done = child.join_timeout(PROMPT);
+    let held = held?;
+    ensure(
+        held.is_empty(),
+        format!("the child holds the pool's {held:?}"),
+    )?;
+    joined??;
+    ensure(
+        matches!(child_done, Ok(true)),
+        format!("the child: {child_done:?}"),
+    )
+}
+
 fn replacements_are_not_forks_of_the_threaded_parent() -> R {
     let p = pool(1)?;
     // Set after the pool started: no worker, first or replacement, sees it.
@@ -1163,13 +1255,14 @@ fn main() {
             "a_pool_costs_few_fds_per_worker",
             a_pool_costs_few_fds_per_worker,
         ),
-        // Under fork, a replacement is still forked from the running parent until the
-        // pool can fork replacements from a single-threaded template (see the crate docs).
+        t(
+            "a_child_started_while_a_pool_lives_holds_none_of_its_fds",
+            a_child_started_while_a_pool_lives_holds_none_of_its_fds,
+        ),
         t(
             "replacements_are_not_forks_of_the_threaded_parent",
             replacements_are_not_forks_of_the_threaded_parent,
-        )
-        .with_ignored_flag(method == StartMethod::Fork),
+        ),
     ];
     if method == StartMethod::Fork {
         tests.push(t(

@@ -55,6 +55,10 @@ pub enum ProcessError {
     /// The forkserver could not be reached, even after restarting it.
     #[error("the forkserver is unavailable: {0}")]
     Forkserver(String),
+    /// The [`ForkTemplate`](crate::ForkTemplate) could not fork the child: it exited or
+    /// failed (it is not replaced).
+    #[error("the fork template is unavailable: {0}")]
+    ForkTemplate(String),
     /// The target panicked in the child (exit code 1).
     #[error("the child panicked at {}: {message}", location.as_deref().unwrap_or("<unknown location>"))]
     Panicked {

@@ -6,7 +6,8 @@
 //!
 //! The library's own locks are held across the fork ([`ForkLocks`]), so that a child forked
 //! while another thread used one (possible only with `allow_fork_with_threads`) never
-//! finds it held for ever.
+//! finds it held for ever. [`fork_then`] is the one place this process forks itself (for
+//! a child, or for a [`crate::ForkTemplate`]).
 use crate::child;
 use crate::context::StartMethod;
 use crate::current::ProcState;
@@ -48,7 +49,7 @@ impl ForkLocks {
     /// In the child: releases the locks, then drops the parent's records of its children
     /// and forkserver (their fds are placeholders by now, so only those are closed; they
     /// are not this child's).
-    fn release_in_child(mut self) {
+    pub(crate) fn release_in_child(mut self) {
         let children = std::mem::take(&mut *self.children);
         let server = self.server.take();
         drop(self);
@@ -56,35 +57,66 @@ impl ForkLocks {
     }
 }
 
-/// In a freshly forked child (of this process or of the forkserver): neutralises every
-/// private fd but `sock`, lets go of the parent's records, and runs the child with `sock`
-/// as its bootstrap socket, where it already is. The user's fds stay open. Never returns.
-pub(crate) fn after_fork(sock: &PrivateFd, locks: ForkLocks) -> ! {
-    // SAFETY: the child of a fork runs one thread, this one.
-    if unsafe { mp_core::private_fd::neutralize_inherited(&[sock.as_fd()]) }.is_err() {
+/// In a freshly forked child: neutralises every private fd but `keep`, lets go of the
+/// parent's records, and takes ownership of `keep`, where it already is. The user's fds
+/// stay open. Exits the child (with [`child::EXIT_BOOTSTRAP`]) if that fails.
+///
+/// # Safety
+///
+/// Call it only in the child of a `fork` (or of a `clone` without `CLONE_VM`), before it
+/// starts a thread, and with `keep` owned by a frame of the parent's code
+/// (ProcessBuilder::start, the forkserver's loop, ForkTemplate::start) that the child
+/// never returns to, unwinds or drops: the returned `PrivateFd` becomes the fd's only
+/// owner.
+pub(crate) unsafe fn settle_in_child(keep: &PrivateFd, locks: ForkLocks) -> PrivateFd {
+    // SAFETY: the child of a fork runs one thread, this one (this function's contract).
+    if unsafe { mp_core::private_fd::neutralize_inherited(&[keep.as_fd()]) }.is_err() {
         // SAFETY: ends the child at once, dropping nothing (see neutralize_inherited).
         unsafe { libc::_exit(child::EXIT_BOOTSTRAP) }
     }
     locks.release_in_child();
-    // SAFETY: `sock` is owned by a frame of the parent's code (ProcessBuilder::start, or
-    // the forkserver's loop) that this child never returns to, unwinds or drops: from now
-    // on the child is its only owner.
-    let own = unsafe { OwnedFd::from_raw_fd(sock.as_raw_fd()) };
+    // SAFETY: `keep` is owned by a frame of the parent's code that this child never
+    // returns to, unwinds or drops (this function's contract): from now on the child's
+    // new owner is the only one.
+    let own = unsafe { OwnedFd::from_raw_fd(keep.as_raw_fd()) };
     match PrivateFd::new(own) {
-        Ok(sock) => child::child_main(sock),
+        Ok(fd) => fd,
         // SAFETY: as above.
         Err(_) => unsafe { libc::_exit(child::EXIT_BOOTSTRAP) },
     }
 }
 
-/// Forks the calling process; the child runs its task and exits.
-pub(crate) fn fork(fd: &PrivateFd, allow_threads: bool) -> Result<Pid, ProcessError> {
+/// In a freshly forked child (of this process, of the forkserver or of a fork template):
+/// settles in (see [`settle_in_child`]) and runs the child with `sock` as its bootstrap
+/// socket. Never returns.
+///
+/// # Safety
+///
+/// As for [`settle_in_child`], with `sock` as `keep`.
+pub(crate) unsafe fn after_fork(sock: &PrivateFd, locks: ForkLocks) -> ! {
+    // SAFETY: this function's contract is settle_in_child's.
+    child::child_main(unsafe { settle_in_child(sock, locks) })
+}
+
+/// Refuses to fork a process that runs other threads, unless `allow_threads`.
+pub(crate) fn check_threads(allow_threads: bool) -> Result<(), ProcessError> {
     if !allow_threads {
         let threads = crate::current::thread_count().map_err(ProcessError::ThreadCountUnknown)?;
         if threads > 1 {
             return Err(ProcessError::ForkWithThreads { threads });
         }
     }
+    Ok(())
+}
+
+/// Forks the calling process (refused with other threads running, unless
+/// `allow_threads`), with this crate's locks held across the fork; the child runs
+/// `in_child`, which must never return.
+pub(crate) fn fork_then(
+    allow_threads: bool,
+    in_child: impl FnOnce(ForkLocks),
+) -> Result<Pid, ProcessError> {
+    check_threads(allow_threads)?;
     // Unflushed output would otherwise be written twice, once by each process.
     {
         use std::io::Write;
@@ -94,10 +126,13 @@ pub(crate) fn fork(fd: &PrivateFd, allow_threads: bool) -> Result<Pid, ProcessEr
     let locks = ForkLocks::take();
     // SAFETY: fork in a single-threaded process (checked above, or explicitly allowed
     // by the caller, who takes on that other threads' locks may be held); the child
-    // only runs our bootstrap and the target, then exits without returning.
+    // only runs `in_child`, and never returns into the caller's frames.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        after_fork(fd, locks);
+        in_child(locks);
+        // SAFETY: `in_child` never returns; should it, the child ends here, running
+        // nothing of its parent's.
+        unsafe { libc::_exit(child::EXIT_BOOTSTRAP) }
     }
     let err = io::Error::last_os_error();
     drop(locks);
@@ -106,4 +141,11 @@ pub(crate) fn fork(fd: &PrivateFd, allow_threads: bool) -> Result<Pid, ProcessEr
         pid => Pid::from_raw(pid)
             .ok_or_else(|| ProcessError::Start(io::Error::other("fork returned pid 0"))),
     }
+}
+
+/// Forks the calling process; the child runs its task and exits.
+pub(crate) fn fork(fd: &PrivateFd, allow_threads: bool) -> Result<Pid, ProcessError> {
+    // SAFETY: the closure runs in the child of fork_then's fork, first thing; `fd` is
+    // owned by ProcessBuilder::start's frame, which that child never returns to.
+    fork_then(allow_threads, |locks| unsafe { after_fork(fd, locks) })
 }

@@ -2,6 +2,9 @@
 //! threads, locks or fds), which forks each child on request. Its children become
 //! children of the caller (`CLONE_PARENT`), and start like a forked child (see
 //! [`crate::fork`]), holding none of the server's private fds.
+//!
+//! The request loop ([`serve_requests`]) and its client side ([`ask`]) are shared with
+//! [`crate::ForkTemplate`], a server forked from the caller instead of spawned.
 use crate::error::ProcessError;
 use crate::fork::{after_fork, ForkLocks};
 use crate::launch::{spawn_exec, FORKSERVER_ENV};
@@ -59,12 +62,15 @@ fn reap_server(s: Server) {
     let _ = s.pid;
 }
 
-fn ask(server: &Server, fd: &PrivateFd) -> mp_core::Result<Pid> {
+/// Asks the server at the other end of `control` (a forkserver or a fork template) to
+/// fork a child with `fd` as its bootstrap socket: the child's pid. The server is
+/// trusted (ours), but a dead or wedged one is an error within [`SERVER_REPLY`].
+pub(crate) fn ask(control: &PrivateFd, fd: &PrivateFd) -> mp_core::Result<Pid> {
     let mut header = [0u8; mp_core::frame::MAX_HEADER];
     let header = mp_core::frame::encode_header(1, &mut header);
-    send_all(server.control.as_fd(), &[header, b"F"], &[fd.as_fd()])?;
+    send_all(control.as_fd(), &[header, b"F"], &[fd.as_fd()])?;
     let deadline = Deadline::from_now(SERVER_REPLY);
-    let mut p = [PollFd::new(&server.control, PollFlags::IN)];
+    let mut p = [PollFd::new(control, PollFlags::IN)];
     loop {
         match poll(&mut p, deadline.remaining_timespec().as_ref()) {
             Ok(0) => return Err(mp_core::Error::Timeout),
@@ -73,7 +79,7 @@ fn ask(server: &Server, fd: &PrivateFd) -> mp_core::Result<Pid> {
             Err(e) => return Err(e.into()),
         }
     }
-    let (reply, _) = recv_frame(server.control.as_fd(), 16)?;
+    let (reply, _) = recv_frame(control.as_fd(), 16)?;
     let raw = <[u8; 4]>::try_from(&reply[..])
         .map(i32::from_be_bytes)
         .map_err(|_| mp_core::Error::BadFrame("bad forkserver reply".into()))?;
@@ -97,7 +103,7 @@ pub(crate) fn forkserver(fd: &PrivateFd) -> Result<Pid, ProcessError> {
         let Some(server) = guard.as_ref() else {
             continue;
         };
-        match ask(server, fd) {
+        match ask(&server.control, fd) {
             Ok(pid) => return Ok(pid),
             Err(e) => {
                 // Dead or wedged: replace it, and try once more.
@@ -118,29 +124,94 @@ pub fn forkserver_pid() -> Option<i32> {
     server_lock().as_ref().map(|s| s.pid.as_raw_nonzero().get())
 }
 
-/// The forkserver's loop: for each request, fork a child that becomes a child of the
-/// server's parent (CLONE_PARENT), so the parent waits for it with its own pidfd.
-/// Exits when the parent closes the control socket. Never returns.
+/// The forkserver's loop (see [`serve_requests`]): its children start with the empty
+/// signal mask a spawned process has. Never returns.
 pub(crate) fn serve(control: PrivateFd) -> ! {
+    let child_mask = block_stop_signals();
+    serve_requests(control, None, child_mask)
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread (a helper is not stopped by the
+/// Ctrl-C or the SIGTERM meant for the program: it leaves when its owner does); the mask
+/// it had before.
+pub(crate) fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; the calls
+    // only read and write the two local sets and this thread's mask.
+    unsafe {
+        let mut stop: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut stop);
+        libc::sigemptyset(&mut old);
+        libc::sigaddset(&mut stop, libc::SIGINT);
+        libc::sigaddset(&mut stop, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &stop, &mut old);
+        old
+    }
+}
+
+/// Sets the calling thread's signal mask.
+pub(crate) fn set_signal_mask(mask: &libc::sigset_t) {
+    // SAFETY: `mask` is an initialised sigset_t; only this thread's mask changes.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
+}
+
+/// Ends a server at once: no atexit handler (a fork template's would be its owner's)
+/// and no destructor runs.
+pub(crate) fn leave(code: i32) -> ! {
+    // SAFETY: _exit ends the process without running anything of the program's.
+    unsafe { libc::_exit(code) }
+}
+
+/// Waits for the next request on `control`, or for `owner` (a pidfd) to exit: true when
+/// a request (or end of file) is there, false when the owner is gone.
+fn next_request(control: &PrivateFd, owner: Option<&PrivateFd>) -> bool {
+    // Without an owner to watch, the control socket is polled twice.
+    let watch = owner.unwrap_or(control);
+    loop {
+        let mut p = [
+            PollFd::new(control, PollFlags::IN),
+            PollFd::new(watch, PollFlags::IN),
+        ];
+        match poll(&mut p, None) {
+            Ok(_) if owner.is_some() && !p[1].revents().is_empty() => return false,
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A server's loop: for each request, fork a child that becomes a child of the server's
+/// parent (CLONE_PARENT), so the parent waits for it with its own pidfd. The child
+/// starts with `child_mask` as its signal mask and runs the usual bootstrap. Exits when
+/// the control socket reaches end of file, or when `owner` (a pidfd of the server's
+/// parent, for a fork template) reports its exit. Never returns.
+///
+/// Must run in a single-threaded process: the forkserver (started fresh by exec) or a
+/// fork template (the child of a fork).
+pub(crate) fn serve_requests(
+    control: PrivateFd,
+    owner: Option<PrivateFd>,
+    child_mask: libc::sigset_t,
+) -> ! {
     // Read once here, so every child forked below inherits it instead of asking again.
     let _ = crate::wire::ExeId::cached();
     loop {
+        if !next_request(&control, owner.as_ref()) {
+            leave(0)
+        }
         let (_, mut fds) = match recv_frame(control.as_fd(), 64) {
             Ok(r) => r,
-            Err(_) => std::process::exit(0),
+            Err(_) => leave(0),
         };
-        let Some(fd) = fds.pop() else {
-            std::process::exit(1)
-        };
-        let Ok(fd) = PrivateFd::new(fd) else {
-            std::process::exit(1)
-        };
+        let Some(fd) = fds.pop() else { leave(1) };
+        drop(fds);
+        let Ok(fd) = PrivateFd::new(fd) else { leave(1) };
         // Free here (the server runs one thread), but the child releases them as every
         // forked child does.
         let locks = ForkLocks::take();
-        // SAFETY: the server is single-threaded (it runs only this loop, started fresh by
-        // exec), so a clone without CLONE_VM is a plain fork; the child never returns
-        // into this loop.
+        // SAFETY: the server is single-threaded (this function's contract), so a clone
+        // without CLONE_VM is a plain fork; the child never returns into this loop.
         let pid = unsafe {
             libc::syscall(
                 libc::SYS_clone,
@@ -152,7 +223,11 @@ pub(crate) fn serve(control: PrivateFd) -> ! {
             )
         };
         if pid == 0 {
-            after_fork(&fd, locks);
+            set_signal_mask(&child_mask);
+            // SAFETY: the child of the clone above, single-threaded; `fd` is owned by
+            // this loop's frame, which the child never returns to (after_fork never
+            // returns).
+            unsafe { after_fork(&fd, locks) };
         }
         let reply = if pid < 0 {
             -io::Error::last_os_error()
@@ -163,7 +238,7 @@ pub(crate) fn serve(control: PrivateFd) -> ! {
         };
         drop((locks, fd));
         if send_frame(control.as_fd(), &reply.to_be_bytes(), &[]).is_err() {
-            std::process::exit(0);
+            leave(0)
         }
     }
 }

@@ -26,6 +26,11 @@
 //!   was itself spawned fresh; `fork` forks the caller and is refused in a
 //!   multi-threaded caller unless allowed. Choose per process, through a [`Context`],
 //!   with [`set_start_method`], or with the `MULTIPROC_START_METHOD` variable.
+//! - **Fork templates**: a [`ForkTemplate`] is a single-threaded copy of the program
+//!   made while it still runs one thread; children forked from it later
+//!   ([`ProcessBuilder::fork_from`]), from any thread, are `fork` children that see the
+//!   program as it was then. A library (a pool replacing a worker) uses one rather than
+//!   fork a multi-threaded program behind its back.
 //! - **Outcomes** stay apart: `Ok(value)`, [`ProcessError::Panicked`] (message and
 //!   location; exit code 1), [`ProcessError::Exited`], [`ProcessError::Signaled`].
 //!   [`Process::exitcode`] follows Python: 0, N, or -N for signal N.
@@ -54,6 +59,10 @@
 //!   under every start method, after the argument fds; the child receives them as private
 //!   fds before its target runs. Under `fork` the parent's copy is let go of like any
 //!   private fd, and the child uses the one in its bootstrap.
+//! - Helpers (the forkserver, a fork template) hold SIGINT and SIGTERM blocked, so a
+//!   Ctrl-C meant for the program does not stop them; they leave when their owner does.
+//!   Their children start with the signal mask of a spawned child (empty) or of the
+//!   thread that made the template.
 //! - `fork` with other threads running is refused unless allowed
 //!   ([`ProcessBuilder::allow_fork_with_threads`]). This crate's own locks are held across
 //!   the fork, so the child never inherits one of them held; other locks (yours, those of
@@ -79,6 +88,7 @@ mod launch;
 mod process;
 mod secret;
 mod target;
+mod template;
 mod wire;
 
 pub use context::{
@@ -91,3 +101,4 @@ pub use forkserver::forkserver_pid;
 pub use process::{active_children, init, ChildInfo, ExitStatus, Process, ProcessBuilder};
 pub use rustix::process::Signal;
 pub use target::{RemoteTarget, Target};
+pub use template::ForkTemplate;

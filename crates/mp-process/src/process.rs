@@ -228,6 +228,7 @@ pub struct ProcessBuilder<F, A> {
     method: Option<StartMethod>,
     env: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     allow_fork_threads: bool,
+    template: Option<crate::ForkTemplate>,
 }
 
 impl<F, A> ProcessBuilder<F, A>
@@ -244,6 +245,7 @@ where
             method: None,
             env: Vec::new(),
             allow_fork_threads: false,
+            template: None,
         }
     }
 
@@ -291,6 +293,16 @@ where
         self
     }
 
+    /// Forks the child from `template` (see [`crate::ForkTemplate`]) rather than from
+    /// this process: the start method is then `fork` (whatever
+    /// [`start_method`](Self::start_method) says), and no thread check is made, since the
+    /// template runs one thread. The child sees memory and fds as they were when the
+    /// template was made.
+    pub fn fork_from(mut self, template: &crate::ForkTemplate) -> Self {
+        self.template = Some(template.clone());
+        self
+    }
+
     /// Starts the child.
     ///
     /// Fails, with no child started, when `init()` was not called, when this process is
@@ -313,7 +325,10 @@ where
         reap_finished();
         let (args, fds) = mp_core::handles::encode(&self.args).map_err(ProcessError::ArgsEncode)?;
         let (handle_names, handle_fds) = library_handles();
-        let method = self.method.unwrap_or_else(get_start_method);
+        let method = match self.template {
+            Some(_) => StartMethod::Fork,
+            None => self.method.unwrap_or_else(get_start_method),
+        };
         let name = self.name.unwrap_or_else(|| {
             let ids: Vec<String> = identity.iter().map(u32::to_string).collect();
             format!("Process-{}", ids.join(":"))
@@ -353,12 +368,13 @@ where
         if early {
             send_bootstrap(ours.as_fd(), &boot_bytes, &fds, &handle_fds)?;
         }
-        let pid = match method {
-            StartMethod::Spawn => {
+        let pid = match (method, &self.template) {
+            (_, Some(template)) => template.fork_child(&theirs)?,
+            (StartMethod::Spawn, None) => {
                 launch::spawn_exec(&theirs, launch::BOOTSTRAP_ENV).map_err(ProcessError::Start)?
             }
-            StartMethod::Fork => crate::fork::fork(&theirs, self.allow_fork_threads)?,
-            StartMethod::Forkserver => crate::forkserver::forkserver(&theirs)?,
+            (StartMethod::Fork, None) => crate::fork::fork(&theirs, self.allow_fork_threads)?,
+            (StartMethod::Forkserver, None) => crate::forkserver::forkserver(&theirs)?,
         };
         drop(theirs);
         let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;

@@ -421,6 +421,38 @@ fn fork_refused_with_threads() -> R {
     ensure(allowed?.join()? == 2, "opted-in fork works")
 }
 
+/// This process's blocked signals (SigBlk in `/proc/<pid>/status`).
+fn blocked_signals(pid: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let v = text.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+    u64::from_str_radix(v.trim(), 16).ok()
+}
+
+fn my_blocked_signals() -> Option<u64> {
+    blocked_signals("self")
+}
+
+/// The forkserver is a helper: SIGINT and SIGTERM (a Ctrl-C meant for the program) do
+/// not stop it, and its children start with them unblocked.
+fn forkserver_ignores_stop_signals_its_children_do_not() -> R {
+    let ctx = get_context(Some(StartMethod::Forkserver));
+    ensure(ctx.process(plus_one, (1,)).start()?.join()? == 2, "first")?;
+    let pid = forkserver_pid().ok_or("no forkserver")?;
+    let stop = (1u64 << (libc::SIGINT - 1)) | (1 << (libc::SIGTERM - 1));
+    let server = blocked_signals(&pid.to_string()).ok_or("no SigBlk")?;
+    ensure(
+        server & stop == stop,
+        format!("SigBlk of the forkserver: {server:x}"),
+    )?;
+    let child = ctx
+        .process(my_blocked_signals, ())
+        .start()?
+        .join()?
+        .ok_or("no SigBlk in the child")?;
+    ensure(child & stop == 0, format!("SigBlk of its child: {child:x}"))?;
+    ensure(forkserver_pid() == Some(pid), "the same server")
+}
+
 fn forkserver_restarts_after_kill() -> R {
     let ctx = get_context(Some(StartMethod::Forkserver));
     ensure(ctx.process(plus_one, (1,)).start()?.join()? == 2, "first")?;
@@ -613,10 +645,16 @@ fn main() {
     ];
     match method {
         StartMethod::Fork => tests.push(t("fork_refused_with_threads", fork_refused_with_threads)),
-        StartMethod::Forkserver => tests.push(t(
-            "forkserver_restarts_after_kill",
-            forkserver_restarts_after_kill,
-        )),
+        StartMethod::Forkserver => {
+            tests.push(t(
+                "forkserver_restarts_after_kill",
+                forkserver_restarts_after_kill,
+            ));
+            tests.push(t(
+                "forkserver_ignores_stop_signals_its_children_do_not",
+                forkserver_ignores_stop_signals_its_children_do_not,
+            ));
+        }
         StartMethod::Spawn => {}
     }
     libtest_mimic::run(&args, tests).exit();
