@@ -7,6 +7,7 @@
 //!   encoded, each fd it holds is pushed into a table and only its index is written;
 //!   the carrier moves the table (SCM_RIGHTS, or inheritance) and the receiver
 //!   rebuilds the handles.
+//! - [`exec`]: re-executing this program as a child or helper (posix_spawn).
 //! - [`fdpass`]: sending bytes plus fds over a Unix socket (SCM_RIGHTS).
 //! - [`futex`] and [`Deadline`]: process-shared futex waits on `CLOCK_MONOTONIC`.
 //! - [`random`]: kernel randomness, all or an error.
@@ -29,6 +30,7 @@
 
 mod deadline;
 mod error;
+pub mod exec;
 pub mod fdpass;
 pub mod frame;
 pub mod futex;
