@@ -43,6 +43,7 @@ fn start_server() -> io::Result<Server> {
     )?;
     let (ours, theirs) = (PrivateFd::new(ours)?, PrivateFd::new(theirs)?);
     let pid = spawn_exec(&theirs, FORKSERVER_ENV)?;
+    crate::testing::maybe_signal_at_start(pid);
     drop(theirs);
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
     Ok(Server {
@@ -68,7 +69,13 @@ fn reap_server(s: Server) {
 pub(crate) fn ask(control: &PrivateFd, fd: &PrivateFd) -> mp_core::Result<Pid> {
     let mut header = [0u8; mp_core::frame::MAX_HEADER];
     let header = mp_core::frame::encode_header(1, &mut header);
-    send_all(control.as_fd(), &[header, b"F"], &[fd.as_fd()])?;
+    // "f": a test's request to crash right after the fork (see crate::testing).
+    let kind: &[u8] = if crate::testing::take_die_after_fork() {
+        b"f"
+    } else {
+        b"F"
+    };
+    send_all(control.as_fd(), &[header, kind], &[fd.as_fd()])?;
     let deadline = Deadline::from_now(SERVER_REPLY);
     let mut p = [PollFd::new(control, PollFlags::IN)];
     loop {
@@ -200,7 +207,7 @@ pub(crate) fn serve_requests(
         if !next_request(&control, owner.as_ref()) {
             leave(0)
         }
-        let (_, mut fds) = match recv_frame(control.as_fd(), 64) {
+        let (kind, mut fds) = match recv_frame(control.as_fd(), 64) {
             Ok(r) => r,
             Err(_) => leave(0),
         };
@@ -237,6 +244,13 @@ pub(crate) fn serve_requests(
             pid as i32
         };
         drop((locks, fd));
+        if kind == b"f" {
+            // A test's crash between the fork and the reply (see crate::testing).
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
+        }
         if send_frame(control.as_fd(), &reply.to_be_bytes(), &[]).is_err() {
             leave(0)
         }

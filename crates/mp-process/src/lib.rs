@@ -89,6 +89,8 @@ mod process;
 mod secret;
 mod target;
 mod template;
+#[doc(hidden)]
+pub mod testing;
 mod wire;
 
 pub use context::{
