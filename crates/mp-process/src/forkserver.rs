@@ -96,8 +96,9 @@ pub(crate) fn ask(control: &PrivateFd, fd: &PrivateFd) -> mp_core::Result<Pid> {
     Pid::from_raw(raw).ok_or_else(|| mp_core::Error::BadFrame("forkserver replied pid 0".into()))
 }
 
-/// Asks the forkserver (started on first use, restarted if it died) for a child.
-pub(crate) fn forkserver(fd: &PrivateFd) -> Result<Pid, ProcessError> {
+/// Asks the forkserver (started on first use, restarted if it died) for a child: its pid
+/// and our end of its bootstrap channel, a fresh one for each attempt.
+pub(crate) fn forkserver() -> Result<(Pid, PrivateFd), ProcessError> {
     let mut guard = server_lock();
     let mut last = String::new();
     for _ in 0..2 {
@@ -110,20 +111,87 @@ pub(crate) fn forkserver(fd: &PrivateFd) -> Result<Pid, ProcessError> {
         let Some(server) = guard.as_ref() else {
             continue;
         };
-        match ask(&server.control, fd) {
-            Ok(pid) => return Ok(pid),
+        let (ours, theirs) = crate::process::channel()?;
+        match ask(&server.control, &theirs) {
+            Ok(pid) => return Ok((pid, ours)),
             Err(e) => {
-                // Dead or wedged: replace it, and try once more.
+                // Dead or wedged: replace it, and try once more, on a new channel.
                 last = e.to_string();
                 if let Some(s) = guard.take() {
                     reap_server(s);
                 }
+                reap_orphan(ours, theirs);
             }
         }
     }
     Err(ProcessError::Forkserver(format!(
         "it failed twice, last with: {last}"
     )))
+}
+
+/// How long the parent waits, after a server failed a request, to learn whether it had
+/// forked a child for it.
+const ORPHAN_WAIT: Duration = Duration::from_secs(10);
+
+/// After a server (the forkserver or a fork template) failed a request, dead or killed
+/// by now: finds the child it may have forked for it before failing, and reaps it.
+///
+/// Every child a server forks first announces its pid on its bootstrap socket (see
+/// [`serve_requests`]), and its bootstrap is sent only once the server's reply gave the
+/// parent that pid, so this child never got one: it runs no task, and exits at once
+/// when `ours` closes (end of file before its bootstrap). So: `ours` becomes readable
+/// with the announcement, or at end of file once the server's copy of `theirs` is gone
+/// with it and no child holds one. The announced pid is that of a child of ours
+/// (`CLONE_PARENT`) that nobody else can reap, so it cannot have been reused; waiting on
+/// it through a pidfd reaps it and never another process (one that is not our child
+/// fails with ECHILD).
+pub(crate) fn reap_orphan(ours: PrivateFd, theirs: PrivateFd) {
+    drop(theirs);
+    let deadline = Deadline::from_now(ORPHAN_WAIT);
+    if !wait_readable(&ours, deadline) {
+        tracing::warn!("a failed server's child did not announce itself; it may be left a zombie");
+        return;
+    }
+    let announced = match recv_frame(ours.as_fd(), 16) {
+        Ok((b, fds)) if fds.is_empty() => <[u8; 4]>::try_from(&b[..]).ok(),
+        _ => None, // end of file: the server forked no child for this request
+    };
+    // The child sees end of file and exits.
+    drop(ours);
+    let Some(pid) = announced.and_then(|b| Pid::from_raw(i32::from_be_bytes(b))) else {
+        return;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return; // reaped already (SIGCHLD ignored by the program)
+    };
+    if !wait_readable(&pidfd, deadline) {
+        tracing::warn!(
+            pid = pid.as_raw_nonzero().get(),
+            "a failed server's child did not exit"
+        );
+        return;
+    }
+    let _ = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(pidfd.as_fd()),
+        rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+    );
+    tracing::debug!(
+        pid = pid.as_raw_nonzero().get(),
+        "reaped a failed server's child"
+    );
+}
+
+/// Waits until `fd` is readable (or hung up) by `deadline`: whether it is.
+fn wait_readable(fd: impl AsFd, deadline: Deadline) -> bool {
+    let mut p = [PollFd::new(&fd, PollFlags::IN)];
+    loop {
+        match poll(&mut p, deadline.remaining_timespec().as_ref()) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// The pid of the running forkserver, if one was started (for tests and diagnostics).
@@ -230,6 +298,12 @@ pub(crate) fn serve_requests(
             )
         };
         if pid == 0 {
+            // First thing, the child's pid, so that the parent can find (and reap) it
+            // should this server die before it replies (see reap_orphan).
+            // It fails only when the parent has let go of its end already (a handle
+            // dropped at once): the bootstrap it sent before may still be there to run.
+            let me = rustix::process::getpid().as_raw_nonzero().get();
+            let _ = send_frame(fd.as_fd(), &me.to_be_bytes(), &[]);
             set_signal_mask(&child_mask);
             // SAFETY: the child of the clone above, single-threaded; `fd` is owned by
             // this loop's frame, which the child never returns to (after_fork never
