@@ -7,7 +7,7 @@
 //! [`crate::ForkTemplate`], a server forked from the caller instead of spawned.
 use crate::error::ProcessError;
 use crate::fork::{after_fork, ForkLocks};
-use crate::launch::{spawn_exec, FORKSERVER_ENV};
+use crate::launch::{spawn_exec, StartMask, FORKSERVER_ENV};
 use mp_core::fdpass::{recv_frame, send_all, send_frame};
 use mp_core::{Deadline, PrivateFd};
 use rustix::event::{poll, PollFd, PollFlags};
@@ -42,7 +42,7 @@ fn start_server() -> io::Result<Server> {
         None,
     )?;
     let (ours, theirs) = (PrivateFd::new(ours)?, PrivateFd::new(theirs)?);
-    let pid = spawn_exec(&theirs, FORKSERVER_ENV)?;
+    let pid = spawn_exec(&theirs, FORKSERVER_ENV, StartMask::StopSignalsBlocked)?;
     crate::testing::maybe_signal_at_start(pid);
     drop(theirs);
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
@@ -199,10 +199,18 @@ pub fn forkserver_pid() -> Option<i32> {
     server_lock().as_ref().map(|s| s.pid.as_raw_nonzero().get())
 }
 
-/// The forkserver's loop (see [`serve_requests`]): its children start with the empty
-/// signal mask a spawned process has. Never returns.
+/// The forkserver's loop (see [`serve_requests`]): it was spawned with SIGINT and SIGTERM
+/// blocked (see [`StartMask`]); its children start with the empty signal mask a spawned
+/// process has. Never returns.
 pub(crate) fn serve(control: PrivateFd) -> ! {
-    let child_mask = block_stop_signals();
+    // Blocked since exec already; blocked again should a C library ignore the spawn mask.
+    let _ = block_stop_signals();
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let child_mask = unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        empty
+    };
     serve_requests(control, None, child_mask)
 }
 

@@ -59,8 +59,9 @@
 //!   under every start method, after the argument fds; the child receives them as private
 //!   fds before its target runs. Under `fork` the parent's copy is let go of like any
 //!   private fd, and the child uses the one in its bootstrap.
-//! - Helpers (the forkserver, a fork template) hold SIGINT and SIGTERM blocked, so a
-//!   Ctrl-C meant for the program does not stop them; they leave when their owner does.
+//! - Helpers (the forkserver, a fork template) hold SIGINT and SIGTERM blocked (the
+//!   forkserver from its first instruction: it is spawned with that mask), so a Ctrl-C
+//!   meant for the program does not stop them; they leave when their owner does.
 //!   Their children start with the signal mask of a spawned child (empty) or of the
 //!   thread that made the template.
 //! - `fork` with other threads running is refused unless allowed

@@ -378,7 +378,7 @@ where
                     send_bootstrap(ours.as_fd(), &boot_bytes, &fds, &handle_fds)?;
                 }
                 let pid = if method == StartMethod::Spawn {
-                    launch::spawn_exec(&theirs, launch::BOOTSTRAP_ENV)
+                    launch::spawn_exec(&theirs, launch::BOOTSTRAP_ENV, launch::StartMask::Empty)
                         .map_err(ProcessError::Start)?
                 } else {
                     crate::fork::fork(&theirs, self.allow_fork_threads)?
