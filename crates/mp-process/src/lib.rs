@@ -65,9 +65,10 @@
 //!   Their children start with the signal mask of a spawned child (empty) or of the
 //!   thread that made the template.
 //! - `fork` with other threads running is refused unless allowed
-//!   ([`ProcessBuilder::allow_fork_with_threads`]). This crate's own locks are held across
-//!   the fork, so the child never inherits one of them held; other locks (yours, those of
-//!   other libraries) may be.
+//!   ([`ProcessBuilder::allow_fork_with_threads`]). This crate's own locks, and those
+//!   registered with [`mp_core::inherit::hold_across_fork`] (mp-shm's tracker state,
+//!   `mp_core::inherit`'s own), are held across the fork, so the child never inherits one
+//!   of them held; other locks (yours, those of other libraries) may be.
 //!
 //! How the child finds its function: each target is monomorphised into a trampoline;
 //! the parent sends the trampoline's offset from an anchor function together with the
