@@ -37,6 +37,12 @@
 //! handles are [`PrivateFd`]s: a child forked from a process that had not taken its copy
 //! lets go of it (see [`crate::private_fd`]) and gets one of its own with its bootstrap,
 //! which [`receive`] puts in place of whatever the parent's memory held.
+//!
+//! A crate whose lock a forked child takes (this module's table of received handles, a
+//! helper's client state) registers it with [`hold_across_fork`]; whoever forks a process
+//! that may run other threads takes every such lock first ([`hold_for_fork`]) and lets
+//! go of them in both processes after the fork, so no child inherits one held by a
+//! thread that does not exist there.
 use crate::PrivateFd;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -105,6 +111,87 @@ pub fn gather() -> Vec<(&'static str, io::Result<PrivateFd>)> {
         }
     }
     out
+}
+
+/// How many locks can be registered with [`hold_across_fork`] at most.
+pub const MAX_FORK_HOLDS: usize = 8;
+
+/// A lock that a fork must not leave held in the child: `hold` waits for it and returns
+/// its guard (boxed), which the forking thread keeps across the fork.
+///
+/// A registered lock is taken after this crate's callers' own locks and before this
+/// module's: code holding it may take [`take`]'s lock, never the other way round, and it
+/// must not wait for another registered lock.
+#[derive(Debug)]
+pub struct ForkHold {
+    name: &'static str,
+    hold: fn() -> Box<dyn std::any::Any>,
+}
+
+impl ForkHold {
+    /// A lock named `name` (for diagnostics), taken by `hold`.
+    pub const fn new(name: &'static str, hold: fn() -> Box<dyn std::any::Any>) -> ForkHold {
+        ForkHold { name, hold }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// The registered locks, in the order they were registered; a cell once set never changes.
+static FORK_HOLDS: [OnceLock<&'static ForkHold>; MAX_FORK_HOLDS] =
+    [const { OnceLock::new() }; MAX_FORK_HOLDS];
+
+/// Registers a lock to hold across every fork made through [`hold_for_fork`] (again with
+/// the same name: no change). False if [`MAX_FORK_HOLDS`] other names were registered.
+///
+/// Takes no lock and allocates nothing, so it may be called before `main` and from any
+/// thread.
+pub fn hold_across_fork(h: &'static ForkHold) -> bool {
+    for cell in &FORK_HOLDS {
+        if cell.get().is_none() {
+            let _ = cell.set(h);
+        }
+        if cell.get().is_some_and(|x| x.name == h.name) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Every registered lock and this module's own, held: drop it after the fork, in the
+/// parent and in the child (where the thread that forked is the only one, and owns them).
+pub struct ForkHeld {
+    /// Dropped first: the registered locks, in the order they were taken.
+    _registered: Vec<Box<dyn std::any::Any>>,
+    _received: std::sync::MutexGuard<'static, Vec<(String, PrivateFd)>>,
+}
+
+impl std::fmt::Debug for ForkHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkHeld").finish_non_exhaustive()
+    }
+}
+
+/// For one about to fork: waits for and takes every registered lock (in the order they
+/// were registered), then this module's own. Another thread that holds one for long
+/// (a helper starting) delays the fork as long.
+pub fn hold_for_fork() -> ForkHeld {
+    let mut registered = Vec::with_capacity(MAX_FORK_HOLDS);
+    let mut seen: [&str; MAX_FORK_HOLDS] = [""; MAX_FORK_HOLDS];
+    for (i, h) in FORK_HOLDS.iter().filter_map(OnceLock::get).enumerate() {
+        if seen[..i].contains(&h.name) {
+            continue;
+        }
+        seen[i] = h.name;
+        registered.push((h.hold)());
+    }
+    ForkHeld {
+        _registered: registered,
+        _received: received(),
+    }
 }
 
 /// The handles a child received, not yet taken.

@@ -4,7 +4,8 @@
 //! forkserver's control socket, the parent pidfd of a child), which it neutralises first
 //! thing; its bootstrap socket stays at the number it had in the parent, close-on-exec.
 //!
-//! The library's own locks are held across the fork ([`ForkLocks`]), so that a child forked
+//! The library's own locks (this crate's, and those registered with
+//! `mp_core::inherit::hold_across_fork`) are held across the fork ([`ForkLocks`]), so that a child forked
 //! while another thread used one (possible only with `allow_fork_with_threads`) never
 //! finds it held for ever. [`fork_then`] is the one place this process forks itself (for
 //! a child, or for a [`crate::ForkTemplate`]).
@@ -20,14 +21,18 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, MutexGuard};
 
-/// Every lock of this crate's that a forked child uses, taken in this fixed order. No other
-/// code path holds two of them at once, so taking them all cannot deadlock.
+/// Every lock of this crate's that a forked child uses, taken in this fixed order, then
+/// those other crates registered with `mp_core::inherit` (and its own). No other code path
+/// holds two of this crate's at once, nor takes another crate's while holding one of
+/// them, so taking them all cannot deadlock.
 pub(crate) struct ForkLocks {
     /// Held only: a guard is released when dropped.
     _state: MutexGuard<'static, ProcState>,
     _default: MutexGuard<'static, Option<StartMethod>>,
     children: MutexGuard<'static, Vec<Arc<ChildEntry>>>,
     server: MutexGuard<'static, Option<Server>>,
+    /// Other crates' locks and `mp_core::inherit`'s (see `mp_core::inherit::hold_for_fork`).
+    library: Option<mp_core::inherit::ForkHeld>,
 }
 
 impl ForkLocks {
@@ -38,11 +43,13 @@ impl ForkLocks {
         let default = crate::context::default_lock();
         let children = crate::process::children();
         let server = crate::forkserver::server_lock();
+        let library = Some(mp_core::inherit::hold_for_fork());
         ForkLocks {
             _state: state,
             _default: default,
             children,
             server,
+            library,
         }
     }
 
@@ -52,6 +59,8 @@ impl ForkLocks {
     pub(crate) fn release_in_child(mut self) {
         let children = std::mem::take(&mut *self.children);
         let server = self.server.take();
+        // Other crates' locks first: their owners may take mp_core::inherit's after them.
+        drop(self.library.take());
         drop(self);
         drop((children, server));
     }

@@ -7,7 +7,7 @@
 //! [`crate::ForkTemplate`], a server forked from the caller instead of spawned.
 use crate::error::ProcessError;
 use crate::fork::{after_fork, ForkLocks};
-use crate::launch::{spawn_exec, FORKSERVER_ENV};
+use crate::launch::{spawn_exec, StartMask, FORKSERVER_ENV};
 use mp_core::fdpass::{recv_frame, send_all, send_frame};
 use mp_core::{Deadline, PrivateFd};
 use rustix::event::{poll, PollFd, PollFlags};
@@ -42,7 +42,8 @@ fn start_server() -> io::Result<Server> {
         None,
     )?;
     let (ours, theirs) = (PrivateFd::new(ours)?, PrivateFd::new(theirs)?);
-    let pid = spawn_exec(&theirs, FORKSERVER_ENV)?;
+    let pid = spawn_exec(&theirs, FORKSERVER_ENV, StartMask::StopSignalsBlocked)?;
+    crate::testing::maybe_signal_at_start(pid);
     drop(theirs);
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
     Ok(Server {
@@ -68,7 +69,13 @@ fn reap_server(s: Server) {
 pub(crate) fn ask(control: &PrivateFd, fd: &PrivateFd) -> mp_core::Result<Pid> {
     let mut header = [0u8; mp_core::frame::MAX_HEADER];
     let header = mp_core::frame::encode_header(1, &mut header);
-    send_all(control.as_fd(), &[header, b"F"], &[fd.as_fd()])?;
+    // "f": a test's request to crash right after the fork (see crate::testing).
+    let kind: &[u8] = if crate::testing::take_die_after_fork() {
+        b"f"
+    } else {
+        b"F"
+    };
+    send_all(control.as_fd(), &[header, kind], &[fd.as_fd()])?;
     let deadline = Deadline::from_now(SERVER_REPLY);
     let mut p = [PollFd::new(control, PollFlags::IN)];
     loop {
@@ -89,8 +96,9 @@ pub(crate) fn ask(control: &PrivateFd, fd: &PrivateFd) -> mp_core::Result<Pid> {
     Pid::from_raw(raw).ok_or_else(|| mp_core::Error::BadFrame("forkserver replied pid 0".into()))
 }
 
-/// Asks the forkserver (started on first use, restarted if it died) for a child.
-pub(crate) fn forkserver(fd: &PrivateFd) -> Result<Pid, ProcessError> {
+/// Asks the forkserver (started on first use, restarted if it died) for a child: its pid
+/// and our end of its bootstrap channel, a fresh one for each attempt.
+pub(crate) fn forkserver() -> Result<(Pid, PrivateFd), ProcessError> {
     let mut guard = server_lock();
     let mut last = String::new();
     for _ in 0..2 {
@@ -103,14 +111,16 @@ pub(crate) fn forkserver(fd: &PrivateFd) -> Result<Pid, ProcessError> {
         let Some(server) = guard.as_ref() else {
             continue;
         };
-        match ask(&server.control, fd) {
-            Ok(pid) => return Ok(pid),
+        let (ours, theirs) = crate::process::channel()?;
+        match ask(&server.control, &theirs) {
+            Ok(pid) => return Ok((pid, ours)),
             Err(e) => {
-                // Dead or wedged: replace it, and try once more.
+                // Dead or wedged: replace it, and try once more, on a new channel.
                 last = e.to_string();
                 if let Some(s) = guard.take() {
                     reap_server(s);
                 }
+                reap_orphan(ours, theirs);
             }
         }
     }
@@ -119,15 +129,88 @@ pub(crate) fn forkserver(fd: &PrivateFd) -> Result<Pid, ProcessError> {
     )))
 }
 
+/// How long the parent waits, after a server failed a request, to learn whether it had
+/// forked a child for it.
+const ORPHAN_WAIT: Duration = Duration::from_secs(10);
+
+/// After a server (the forkserver or a fork template) failed a request, dead or killed
+/// by now: finds the child it may have forked for it before failing, and reaps it.
+///
+/// Every child a server forks first announces its pid on its bootstrap socket (see
+/// [`serve_requests`]), and its bootstrap is sent only once the server's reply gave the
+/// parent that pid, so this child never got one: it runs no task, and exits at once
+/// when `ours` closes (end of file before its bootstrap). So: `ours` becomes readable
+/// with the announcement, or at end of file once the server's copy of `theirs` is gone
+/// with it and no child holds one. The announced pid is that of a child of ours
+/// (`CLONE_PARENT`) that nobody else can reap, so it cannot have been reused; waiting on
+/// it through a pidfd reaps it and never another process (one that is not our child
+/// fails with ECHILD).
+pub(crate) fn reap_orphan(ours: PrivateFd, theirs: PrivateFd) {
+    drop(theirs);
+    let deadline = Deadline::from_now(ORPHAN_WAIT);
+    if !wait_readable(&ours, deadline) {
+        tracing::warn!("a failed server's child did not announce itself; it may be left a zombie");
+        return;
+    }
+    let announced = match recv_frame(ours.as_fd(), 16) {
+        Ok((b, fds)) if fds.is_empty() => <[u8; 4]>::try_from(&b[..]).ok(),
+        _ => None, // end of file: the server forked no child for this request
+    };
+    // The child sees end of file and exits.
+    drop(ours);
+    let Some(pid) = announced.and_then(|b| Pid::from_raw(i32::from_be_bytes(b))) else {
+        return;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return; // reaped already (SIGCHLD ignored by the program)
+    };
+    if !wait_readable(&pidfd, deadline) {
+        tracing::warn!(
+            pid = pid.as_raw_nonzero().get(),
+            "a failed server's child did not exit"
+        );
+        return;
+    }
+    let _ = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(pidfd.as_fd()),
+        rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+    );
+    tracing::debug!(
+        pid = pid.as_raw_nonzero().get(),
+        "reaped a failed server's child"
+    );
+}
+
+/// Waits until `fd` is readable (or hung up) by `deadline`: whether it is.
+fn wait_readable(fd: impl AsFd, deadline: Deadline) -> bool {
+    let mut p = [PollFd::new(&fd, PollFlags::IN)];
+    loop {
+        match poll(&mut p, deadline.remaining_timespec().as_ref()) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// The pid of the running forkserver, if one was started (for tests and diagnostics).
 pub fn forkserver_pid() -> Option<i32> {
     server_lock().as_ref().map(|s| s.pid.as_raw_nonzero().get())
 }
 
-/// The forkserver's loop (see [`serve_requests`]): its children start with the empty
-/// signal mask a spawned process has. Never returns.
+/// The forkserver's loop (see [`serve_requests`]): it was spawned with SIGINT and SIGTERM
+/// blocked (see [`StartMask`]); its children start with the empty signal mask a spawned
+/// process has. Never returns.
 pub(crate) fn serve(control: PrivateFd) -> ! {
-    let child_mask = block_stop_signals();
+    // Blocked since exec already; blocked again should a C library ignore the spawn mask.
+    let _ = block_stop_signals();
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let child_mask = unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        empty
+    };
     serve_requests(control, None, child_mask)
 }
 
@@ -200,7 +283,7 @@ pub(crate) fn serve_requests(
         if !next_request(&control, owner.as_ref()) {
             leave(0)
         }
-        let (_, mut fds) = match recv_frame(control.as_fd(), 64) {
+        let (kind, mut fds) = match recv_frame(control.as_fd(), 64) {
             Ok(r) => r,
             Err(_) => leave(0),
         };
@@ -223,6 +306,12 @@ pub(crate) fn serve_requests(
             )
         };
         if pid == 0 {
+            // First thing, the child's pid, so that the parent can find (and reap) it
+            // should this server die before it replies (see reap_orphan).
+            // It fails only when the parent has let go of its end already (a handle
+            // dropped at once): the bootstrap it sent before may still be there to run.
+            let me = rustix::process::getpid().as_raw_nonzero().get();
+            let _ = send_frame(fd.as_fd(), &me.to_be_bytes(), &[]);
             set_signal_mask(&child_mask);
             // SAFETY: the child of the clone above, single-threaded; `fd` is owned by
             // this loop's frame, which the child never returns to (after_fork never
@@ -237,6 +326,13 @@ pub(crate) fn serve_requests(
             pid as i32
         };
         drop((locks, fd));
+        if kind == b"f" {
+            // A test's crash between the fork and the reply (see crate::testing).
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
+        }
         if send_frame(control.as_fd(), &reply.to_be_bytes(), &[]).is_err() {
             leave(0)
         }

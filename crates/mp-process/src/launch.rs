@@ -103,9 +103,18 @@ fn cstring(b: &[u8]) -> io::Result<CString> {
     })
 }
 
+/// The signal mask a spawned process starts with: empty for a child; SIGINT and SIGTERM
+/// for a helper (the forkserver), from its first instruction, so that a Ctrl-C during
+/// its start does not stop it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StartMask {
+    Empty,
+    StopSignalsBlocked,
+}
+
 /// Re-executes this program with `fd` at [`CHILD_FD`] and no other fd above stderr, stdin
-/// on /dev/null, an empty signal mask, and `marker` in its environment.
-pub(crate) fn spawn_exec(fd: &PrivateFd, marker: &str) -> io::Result<Pid> {
+/// on /dev/null, the signal mask `mask`, and `marker` in its environment.
+pub(crate) fn spawn_exec(fd: &PrivateFd, marker: &str, mask: StartMask) -> io::Result<Pid> {
     // dup2 onto the same number would not clear close-on-exec: keep the source elsewhere.
     let moved;
     let src = if fd.as_raw_fd() == CHILD_FD {
@@ -160,8 +169,12 @@ pub(crate) fn spawn_exec(fd: &PrivateFd, marker: &str) -> io::Result<Pid> {
             libc::posix_spawn_file_actions_destroy(&mut fa);
             return Err(io::Error::from_raw_os_error(rc));
         }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
+        let mut start_mask: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut start_mask);
+        if mask == StartMask::StopSignalsBlocked {
+            libc::sigaddset(&mut start_mask, libc::SIGINT);
+            libc::sigaddset(&mut start_mask, libc::SIGTERM);
+        }
         let mut pid: libc::pid_t = 0;
         rc = libc::posix_spawn_file_actions_adddup2(&mut fa, src, CHILD_FD);
         if rc == 0 {
@@ -183,7 +196,7 @@ pub(crate) fn spawn_exec(fd: &PrivateFd, marker: &str) -> io::Result<Pid> {
             );
         }
         if rc == 0 {
-            rc = libc::posix_spawnattr_setsigmask(&mut attr, &empty);
+            rc = libc::posix_spawnattr_setsigmask(&mut attr, &start_mask);
         }
         if rc == 0 {
             rc = libc::posix_spawn(

@@ -59,14 +59,16 @@
 //!   under every start method, after the argument fds; the child receives them as private
 //!   fds before its target runs. Under `fork` the parent's copy is let go of like any
 //!   private fd, and the child uses the one in its bootstrap.
-//! - Helpers (the forkserver, a fork template) hold SIGINT and SIGTERM blocked, so a
-//!   Ctrl-C meant for the program does not stop them; they leave when their owner does.
+//! - Helpers (the forkserver, a fork template) hold SIGINT and SIGTERM blocked (the
+//!   forkserver from its first instruction: it is spawned with that mask), so a Ctrl-C
+//!   meant for the program does not stop them; they leave when their owner does.
 //!   Their children start with the signal mask of a spawned child (empty) or of the
 //!   thread that made the template.
 //! - `fork` with other threads running is refused unless allowed
-//!   ([`ProcessBuilder::allow_fork_with_threads`]). This crate's own locks are held across
-//!   the fork, so the child never inherits one of them held; other locks (yours, those of
-//!   other libraries) may be.
+//!   ([`ProcessBuilder::allow_fork_with_threads`]). This crate's own locks, and those
+//!   registered with [`mp_core::inherit::hold_across_fork`] (mp-shm's tracker state,
+//!   `mp_core::inherit`'s own), are held across the fork, so the child never inherits one
+//!   of them held; other locks (yours, those of other libraries) may be.
 //!
 //! How the child finds its function: each target is monomorphised into a trampoline;
 //! the parent sends the trampoline's offset from an anchor function together with the
@@ -89,6 +91,8 @@ mod process;
 mod secret;
 mod target;
 mod template;
+#[doc(hidden)]
+pub mod testing;
 mod wire;
 
 pub use context::{

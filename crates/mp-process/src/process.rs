@@ -350,33 +350,44 @@ where
         };
         let boot_bytes = postcard::to_allocvec(&boot)
             .map_err(|e| ProcessError::ArgsEncode(mp_core::Error::encode::<Bootstrap>(e)))?;
-
-        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-        let (ours, theirs) = socketpair(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
-        // Private from the start: a child forked meanwhile by another thread holds neither.
-        let (ours, theirs) = (PrivateFd::new(ours)?, PrivateFd::new(theirs)?);
-        // A bootstrap that fits in the socket buffer is written before the child exists,
-        // so the child never waits for it; a larger one, or one carrying argument fds, is
-        // written once the child runs (and reads), since before that the write might not
-        // finish. The few library handles ride along either way.
+        // A larger bootstrap, or one carrying argument fds, is written once the child
+        // runs (and reads), since before that the write might not finish. The few library
+        // handles ride along either way.
         let early = boot_bytes.len() <= EARLY_BOOTSTRAP && fds.is_empty();
-        if early {
-            send_bootstrap(ours.as_fd(), &boot_bytes, &fds, &handle_fds)?;
-        }
-        let pid = match (method, &self.template) {
-            (_, Some(template)) => template.fork_child(&theirs)?,
-            (StartMethod::Spawn, None) => {
-                launch::spawn_exec(&theirs, launch::BOOTSTRAP_ENV).map_err(ProcessError::Start)?
+
+        // A child forked by a server (the forkserver, a template) gets its bootstrap only
+        // once the server has told us its pid, over a channel of its own for each attempt:
+        // a server that dies between its fork and its reply leaves a child that never
+        // runs the task (see `crate::forkserver::reap_orphan`). Such a child announces its
+        // pid first on its socket, which join reads past.
+        let (pid, ours, server) = match (method, &self.template) {
+            (_, Some(template)) => {
+                let (pid, ours) = template.fork_child()?;
+                (pid, ours, true)
             }
-            (StartMethod::Fork, None) => crate::fork::fork(&theirs, self.allow_fork_threads)?,
-            (StartMethod::Forkserver, None) => crate::forkserver::forkserver(&theirs)?,
+            (StartMethod::Forkserver, None) => {
+                let (pid, ours) = crate::forkserver::forkserver()?;
+                (pid, ours, true)
+            }
+            (StartMethod::Spawn | StartMethod::Fork, None) => {
+                let (ours, theirs) = channel()?;
+                // A bootstrap that fits in the socket buffer is written before the child
+                // exists, so the child never waits for it (the pid of a child that this
+                // process starts itself is known once it exists).
+                if early {
+                    send_bootstrap(ours.as_fd(), &boot_bytes, &fds, &handle_fds)?;
+                }
+                let pid = if method == StartMethod::Spawn {
+                    launch::spawn_exec(&theirs, launch::BOOTSTRAP_ENV, launch::StartMask::Empty)
+                        .map_err(ProcessError::Start)?
+                } else {
+                    crate::fork::fork(&theirs, self.allow_fork_threads)?
+                };
+                drop(theirs);
+                (pid, ours, false)
+            }
         };
-        drop(theirs);
+        let early = early && !server;
         let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
         let pidfd = PrivateFd::new(pidfd)?;
         let entry = Arc::new(ChildEntry {
@@ -395,10 +406,24 @@ where
         Ok(Process {
             entry,
             reply: Reply::Pending(ours),
+            announced: server,
             method,
             _result: PhantomData,
         })
     }
+}
+
+/// A fresh bootstrap channel: our end, the child's end (both private from the start, so
+/// a child forked meanwhile by another thread holds neither).
+pub(crate) fn channel() -> std::io::Result<(PrivateFd, PrivateFd)> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    let (ours, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    Ok((PrivateFd::new(ours)?, PrivateFd::new(theirs)?))
 }
 
 /// A copy of each library handle the tree shares (see `mp_core::inherit`) for one child:
@@ -456,6 +481,9 @@ enum Reply {
 pub struct Process<R> {
     entry: Arc<ChildEntry>,
     reply: Reply,
+    /// Whether the child's pid announcement (a server's child sends one first) is still
+    /// to be read past.
+    announced: bool,
     method: StartMethod,
     _result: PhantomData<fn() -> R>,
 }
@@ -499,7 +527,7 @@ impl<R: DeserializeOwned> Process<R> {
     }
 
     fn join_until(&mut self, deadline: Deadline, timeout: Duration) -> Result<R, ProcessError> {
-        if let Reply::Pending(sock) = &self.reply {
+        while let Reply::Pending(sock) = &self.reply {
             let mut p = [PollFd::new(sock, PollFlags::IN)];
             loop {
                 match poll(&mut p, deadline.remaining_timespec().as_ref()) {
@@ -509,13 +537,20 @@ impl<R: DeserializeOwned> Process<R> {
                     Err(e) => return Err(e.into()),
                 }
             }
-            let got = recv_frame(sock.as_fd(), MAX_FRAME)
-                .ok()
-                .and_then(|(bytes, fds)| {
-                    postcard::from_bytes::<Outcome>(&bytes)
-                        .ok()
-                        .map(|o| (o, fds))
-                });
+            let got = recv_frame(sock.as_fd(), MAX_FRAME);
+            if self.announced {
+                // A server's child: first its pid, then (if it ran) its outcome.
+                self.announced = false;
+                if matches!(&got, Ok((b, f)) if f.is_empty() && b[..] == self.entry.pid.as_raw_nonzero().get().to_be_bytes())
+                {
+                    continue;
+                }
+            }
+            let got = got.ok().and_then(|(bytes, fds)| {
+                postcard::from_bytes::<Outcome>(&bytes)
+                    .ok()
+                    .map(|o| (o, fds))
+            });
             self.reply = Reply::Read(got);
         }
         let status = self

@@ -12,7 +12,9 @@
 use crate::current::state;
 use crate::error::ProcessError;
 use crate::fork::{fork_then, settle_in_child, ForkLocks};
-use crate::forkserver::{ask, block_stop_signals, leave, serve_requests, set_signal_mask};
+use crate::forkserver::{
+    ask, block_stop_signals, leave, reap_orphan, serve_requests, set_signal_mask,
+};
 use mp_core::PrivateFd;
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_send_signal, waitid, Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
@@ -158,25 +160,31 @@ impl ForkTemplate {
         self.inner.pid.as_raw_nonzero().get()
     }
 
-    /// Asks the template for a child whose bootstrap socket is `sock`: its pid. After a
-    /// failure the template is done with (killed), and every later request fails.
-    pub(crate) fn fork_child(&self, sock: &PrivateFd) -> Result<Pid, ProcessError> {
+    /// Asks the template for a child: its pid and our end of its bootstrap channel.
+    /// After a failure the template is done with (killed), and every later request fails.
+    pub(crate) fn fork_child(&self) -> Result<(Pid, PrivateFd), ProcessError> {
         let mut control = self.inner.control.lock().unwrap_or_else(|p| p.into_inner());
+        let (ours, theirs) = crate::process::channel()?;
         let asked = match &*control {
-            Ok(c) => ask(c, sock),
+            Ok(c) => ask(c, &theirs),
             Err(why) => return Err(ProcessError::ForkTemplate(why.clone())),
         };
-        asked.map_err(|e| {
-            let why = if self.exited() {
-                format!("it exited (pid {})", self.pid())
-            } else {
-                format!("it failed (pid {}, now killed): {e}", self.pid())
-            };
-            // Its reply may still come: the socket is never read again.
-            *control = Err(why.clone());
-            let _ = pidfd_send_signal(&self.inner.pidfd, Signal::KILL);
-            ProcessError::ForkTemplate(why)
-        })
+        match asked {
+            Ok(pid) => Ok((pid, ours)),
+            Err(e) => {
+                let why = if self.exited() {
+                    format!("it exited (pid {})", self.pid())
+                } else {
+                    format!("it failed (pid {}, now killed): {e}", self.pid())
+                };
+                // Its reply may still come: the socket is never read again.
+                *control = Err(why.clone());
+                let _ = pidfd_send_signal(&self.inner.pidfd, Signal::KILL);
+                // A child it forked before failing is ours: reaped, having run nothing.
+                reap_orphan(ours, theirs);
+                Err(ProcessError::ForkTemplate(why))
+            }
+        }
     }
 
     /// Whether the template process has exited.

@@ -1096,6 +1096,49 @@ fn untracked_segment_outlives_its_creator() -> R {
     )
 }
 
+/// In a child: creates a segment (which talks to the tracker) and unlinks it.
+fn create_and_unlink() -> Result<(), String> {
+    let s = SharedMemory::create(None, 4096).map_err(|e| format!("create: {e}"))?;
+    s.unlink().map_err(|e| format!("unlink: {e}"))
+}
+
+/// With threads allowed, a fork never leaves the child the tracker client's lock held by
+/// another thread (the child's first shared-memory call would hang).
+fn fork_with_threads_inherits_no_held_tracker_lock() -> R {
+    use std::sync::atomic::AtomicBool;
+    static STOP: AtomicBool = AtomicBool::new(false);
+    STOP.store(false, Ordering::SeqCst);
+    create_and_unlink()?;
+    let busy = std::thread::spawn(|| {
+        while !STOP.load(Ordering::Relaxed) {
+            let _ = create_and_unlink();
+        }
+    });
+    let bound = Duration::from_secs(20);
+    let mut result = Ok(());
+    for i in 0..100u32 {
+        let got = Process::new(create_and_unlink, ())
+            .start_method(mp_process::StartMethod::Fork)
+            .allow_fork_with_threads()
+            .start()
+            .and_then(|mut p| {
+                let r = p.join_timeout(bound);
+                if r.is_err() {
+                    let _ = p.kill();
+                    let _ = p.join_timeout(bound);
+                }
+                r
+            });
+        if !matches!(got, Ok(Ok(()))) {
+            result = Err(format!("child {i}: {got:?}"));
+            break;
+        }
+    }
+    STOP.store(true, Ordering::SeqCst);
+    let _ = busy.join();
+    Ok(result?)
+}
+
 fn main() {
     init();
     if let Some(scenario) = std::env::var_os(ROOT_ENV) {
@@ -1163,5 +1206,12 @@ fn main() {
             random_names_fail_without_randomness,
         ),
     ];
+    let mut tests = tests;
+    if method == mp_process::StartMethod::Fork {
+        tests.push(t(
+            "fork_with_threads_inherits_no_held_tracker_lock",
+            fork_with_threads_inherits_no_held_tracker_lock,
+        ));
+    }
     libtest_mimic::run(&args, tests).exit();
 }

@@ -18,7 +18,7 @@ mod serve;
 mod spawn;
 
 use crate::ShmError;
-use mp_core::inherit::Offer;
+use mp_core::inherit::{ForkHold, Offer};
 use mp_core::PrivateFd;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::net::{recv, send, RecvFlags, SendFlags};
@@ -39,6 +39,14 @@ const REMOVE: u8 = b'-';
 
 /// The tracker's socket, as every child of this process receives it.
 pub(crate) static OFFER: Offer = Offer::new("mp-shm.tracker", provide);
+
+/// The state's lock, held across every fork multiproc makes (a child forked while another
+/// thread talked to the tracker would otherwise find it held for ever).
+pub(crate) static FORK_HOLD: ForkHold = ForkHold::new("mp-shm.tracker", hold_state);
+
+fn hold_state() -> Box<dyn std::any::Any> {
+    Box::new(STATE.lock().unwrap_or_else(|p| p.into_inner()))
+}
 
 /// This process's connection to its tree's tracker.
 struct Tracker {
@@ -126,6 +134,7 @@ impl State {
         // Children started from now on share it (the hook before `main` offered it
         // already, where this binary's initializers run).
         mp_core::inherit::offer(&OFFER);
+        mp_core::inherit::hold_across_fork(&FORK_HOLD);
         if self.tracker.is_none() {
             self.take_inherited();
         }

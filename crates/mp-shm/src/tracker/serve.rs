@@ -39,6 +39,7 @@ extern "C" fn entry() {
         // A process of the program: its children share its tracker (no lock, no
         // allocation; the tracker itself starts only when first needed).
         mp_core::inherit::offer(&super::OFFER);
+        mp_core::inherit::hold_across_fork(&super::FORK_HOLD);
         return;
     }
     // SAFETY: getenv returned a NUL-terminated string that lives as long as the
