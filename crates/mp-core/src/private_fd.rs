@@ -426,6 +426,7 @@ mod tests {
             // SAFETY: `k` stays open (it is kept); the rest is a forked child, which has a
             // single thread, making raw syscalls on numbers this test opened.
             let keep = [unsafe { BorrowedFd::borrow_raw(k) }];
+            // SAFETY: as above: raw syscalls on this test's numbers, then `_exit`.
             let code = unsafe {
                 let mut code = 0;
                 if neutralize_inherited(&keep).is_err() {

@@ -105,10 +105,8 @@ fn a_guard_held_lock_is_released_only_by_its_guard() {
     unsafe { lock.force_unlock() }.unwrap();
     assert!(!lock.locked());
     // SAFETY: as above (the lock is free: NotHeld).
-    assert!(matches!(
-        unsafe { lock.force_unlock() },
-        Err(SyncError::NotHeld)
-    ));
+    let again = unsafe { lock.force_unlock() };
+    assert!(matches!(again, Err(SyncError::NotHeld)));
 }
 
 #[test]
