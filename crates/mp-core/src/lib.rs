@@ -28,6 +28,8 @@ mod error;
 pub mod fdpass;
 pub mod frame;
 pub mod futex;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handles;
 mod probe;
 pub mod random;
