@@ -46,6 +46,8 @@ mod child;
 mod context;
 mod current;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod launch;
 mod process;
 mod secret;

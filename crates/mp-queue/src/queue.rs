@@ -447,6 +447,12 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
         self
     }
 
+    /// Segments of `2^shift` bytes instead of 256 KiB (small rings for fuzzing).
+    pub(crate) fn segment_shift(mut self, shift: u32) -> Self {
+        self.segment_shift = shift;
+        self
+    }
+
     /// Creates the queue.
     pub fn build(self) -> Result<Queue<T>, QueueError> {
         if self.maxsize > i64::MAX as u64 {

@@ -117,6 +117,13 @@ pub(crate) struct Header {
     pub(crate) joiners: WaitWord,
 }
 
+/// The byte ranges of the header that say what the region holds (magic and version,
+/// type hash): what a region of another kind or type must get wrong.
+pub(crate) const IDENTITY: [std::ops::Range<usize>; 2] = [
+    std::mem::offset_of!(Config, magic)..std::mem::offset_of!(Config, seg_shift),
+    std::mem::offset_of!(Config, type_hash)..std::mem::offset_of!(Config, type_hash) + 8,
+];
+
 /// Where things are in the region; computed locally, never read from shared memory.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {

@@ -5,7 +5,7 @@
 //! Every segment this process registered is also kept here, so a tracker that died
 //! (killed, say) is replaced at the next message, with a tracing warning, and the new
 //! one is told every segment still registered: nothing is left behind for good.
-mod serve;
+pub(crate) mod serve;
 mod spawn;
 
 use crate::ShmError;

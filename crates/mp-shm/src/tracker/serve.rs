@@ -42,7 +42,7 @@ extern "C" fn entry() {
 }
 
 /// A segment name as `SharedMemory` accepts them (1 to 250 bytes, no '/' or NUL).
-fn valid(name: &[u8]) -> bool {
+pub(crate) fn valid(name: &[u8]) -> bool {
     !name.is_empty() && name.len() <= 250 && !name.contains(&b'/') && !name.contains(&0)
 }
 
@@ -58,6 +58,28 @@ fn apply(names: &mut Vec<Vec<u8>>, msg: &[u8]) {
         }
         _ => {}
     }
+}
+
+/// Reads messages from the creator until end of file (or an error): the segments
+/// still registered then.
+pub(crate) fn read_messages(sock: BorrowedFd<'_>) -> Vec<Vec<u8>> {
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    // One message per read (a seqpacket socket); a longer one is cut and skipped. A
+    // plain `recv`: the kernel closes any fd attached to a message.
+    let mut buf = [0u8; 512];
+    loop {
+        match recv(sock, &mut buf[..], RecvFlags::TRUNC) {
+            Ok((0, _)) => break,
+            Ok((n, full)) => {
+                if let Some(msg) = buf.get(..n).filter(|_| full == n) {
+                    apply(&mut names, msg);
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    names
 }
 
 fn serve() -> ! {
@@ -79,21 +101,7 @@ fn serve() -> ! {
         // SAFETY: leave at once; nothing was registered.
         unsafe { libc::_exit(71) }
     }
-    let mut names: Vec<Vec<u8>> = Vec::new();
-    // One message per read (a seqpacket socket); a longer one is cut and skipped.
-    let mut buf = [0u8; 512];
-    loop {
-        match recv(sock, &mut buf[..], RecvFlags::TRUNC) {
-            Ok((0, _)) => break,
-            Ok((n, full)) => {
-                if let Some(msg) = buf.get(..n).filter(|_| full == n) {
-                    apply(&mut names, msg);
-                }
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(_) => break,
-        }
-    }
+    let names = read_messages(sock);
     for n in names {
         let mut path = Vec::with_capacity(n.len() + 1);
         path.push(b'/');
