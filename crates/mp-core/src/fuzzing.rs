@@ -400,12 +400,13 @@ pub fn feed(
 /// The frame limits a target picks from.
 const MAXES: [u64; 6] = [0, 4, 64, 4096, 1 << 20, u64::MAX];
 
-/// How much a frame decoder may hold at once for `input` under `max`: what the frame
-/// announces, but no more than the up-front allocation for a long frame, plus what the
-/// bytes actually sent can fill (a vector grown as they arrive may double).
-pub fn frame_bound(max: u64, input_len: usize) -> usize {
+/// How much [`frame`] may hold at once for `data`: what a frame announces, but no
+/// more than the up-front allocation for a long frame, plus what the bytes actually
+/// sent can fill (a vector grown as they arrive may double).
+pub fn frame_bound(data: &[u8]) -> usize {
+    let max = MAXES[usize::from(data.first().copied().unwrap_or(0)) % MAXES.len()];
     let eager = max.min(16 << 20) as usize;
-    eager + 4 * input_len + (1 << 16)
+    eager + 4 * data.len() + (1 << 16)
 }
 
 /// The frame codec against any bytes: `[max choice, chunking, mode, bytes...]`.
@@ -508,8 +509,8 @@ enum Shape {
 /// How much [`handles`] may hold at once: serde preallocates at most 1 MiB per
 /// sequence being decoded, and a decoded value may be some dozens of times larger than
 /// its encoding (an empty `String` is one byte and 24 in memory).
-pub fn handles_bound(input_len: usize) -> usize {
-    (4 << 20) + 64 * input_len
+pub fn handles_bound(data: &[u8]) -> usize {
+    (4 << 20) + 64 * data.len()
 }
 
 /// `handles::decode` of representative types: `[type, fd count, bytes...]`, the fds
@@ -632,12 +633,7 @@ mod tests {
         let n = run_all(
             "frame",
             &inputs(0xf4a3e, &seeds, 3000, 96),
-            |i| {
-                frame_bound(
-                    MAXES[usize::from(i.first().copied().unwrap_or(0)) % MAXES.len()],
-                    i.len(),
-                )
-            },
+            frame_bound,
             frame,
         );
         assert_eq!(n, 3000);
@@ -651,7 +647,7 @@ mod tests {
         run_all(
             "handles",
             &inputs(0x4a4d1e5, &seeds, 3000, 64),
-            |i| handles_bound(i.len()),
+            handles_bound,
             handles,
         );
     }

@@ -84,6 +84,11 @@ pub fn handshake_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
+/// How much [`handshake`] may hold at once: frames of at most 256 bytes, digests.
+pub fn handshake_bound(data: &[u8]) -> usize {
+    (1 << 20) + 16 * data.len()
+}
+
 /// The frame limits a connection target picks from.
 const MAXES: [u64; 4] = [16, 4096, 1 << 20, crate::DEFAULT_MAX_MESSAGE];
 
@@ -255,7 +260,7 @@ mod tests {
         run_all(
             "handshake",
             &inputs(0x5a5a, &seeds, 2000, 128),
-            |i| (1 << 20) + 16 * i.len(),
+            handshake_bound,
             handshake,
         );
     }

@@ -56,6 +56,11 @@ pub fn tracker(data: &[u8]) {
     );
 }
 
+/// How much [`tracker`] may hold at once: the names kept, which came in the input.
+pub fn tracker_bound(data: &[u8]) -> usize {
+    (64 << 10) + 4 * data.len()
+}
+
 /// Seeds for [`tracker`]: registrations, removals, an oversized message, garbage.
 pub fn tracker_seeds() -> Vec<Vec<u8>> {
     fn msg(out: &mut Vec<u8>, fds: u8, bytes: &[u8]) {
@@ -89,7 +94,7 @@ mod tests {
         run_all(
             "shm_tracker",
             &inputs(0x7ac, &tracker_seeds(), 2000, 256),
-            |i| (64 << 10) + 4 * i.len(),
+            tracker_bound,
             tracker,
         );
     }
