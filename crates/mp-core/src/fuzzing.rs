@@ -110,13 +110,15 @@ impl Rng {
     }
 }
 
-/// `runs` inputs for a property test: even ones are random bytes (up to `max_len`),
-/// odd ones mutations of `seeds` (valid encodings), so that both the first checks of a
-/// decoder and its deep paths are reached.
+/// `runs` inputs for a property test: the `seeds` themselves (valid encodings, and
+/// inputs that once found a bug), then random bytes (up to `max_len`) and mutations
+/// of the seeds in turn, so that both the first checks of a decoder and its deep
+/// paths are reached.
 pub fn inputs(seed: u64, seeds: &[Vec<u8>], runs: usize, max_len: usize) -> Vec<Vec<u8>> {
     let mut rng = Rng::new(seed);
-    (0..runs)
-        .map(|i| {
+    let verbatim = seeds.iter().take(runs).cloned();
+    verbatim
+        .chain((seeds.len().min(runs)..runs).map(|i| {
             if i % 2 == 0 || seeds.is_empty() {
                 let len = rng.below(max_len + 1);
                 rng.bytes(len)
@@ -125,7 +127,7 @@ pub fn inputs(seed: u64, seeds: &[Vec<u8>], runs: usize, max_len: usize) -> Vec<
                 rng.mutate(&mut v);
                 v
             }
-        })
+        }))
         .collect()
 }
 

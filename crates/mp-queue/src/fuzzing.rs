@@ -142,7 +142,20 @@ pub fn ring_seeds() -> Vec<Vec<u8>> {
             0, 2, 8, 6, 0x01, 0x00, 8, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
         ],
         vec![1, 1, 4, 0x00, 0x00, 8, 0, 0, 0, 0, 0, 0, 0, 0],
+        // Found by the fuzzer: a tail near u64::MAX overflowed in `has_room`.
+        hex(
+            "024120007171717171713a1900000071010000010b0101000000008080808080\
+             800e0000270000000000000080ffffffffffffffffff8080808080808080800000000080807c23",
+        ),
     ]
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
+    digits
+        .chunks(2)
+        .filter_map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
 }
 
 /// The fd side channel against messages anyone holding the queue may send:
