@@ -363,15 +363,18 @@ pub fn run_all(
 
 /// Sends the rest of `input` on a new Unix stream socket as a peer would: chunks of
 /// `[fd count, length, bytes...]`, each chunk's bytes carrying that many copies of
-/// `marker` (at most 7). The peer's end is closed after the last chunk unless
-/// `keep_peer`, in which case only its write side is shut down and it is returned too.
-/// Returns the receiving end.
+/// `marker` (at most 7). Sending stops where the socket's buffer is full (nobody
+/// reads it yet). The peer's end is closed after the last chunk unless `keep_peer`,
+/// in which case only its write side is shut down and it is returned too. Returns the
+/// receiving end.
 pub fn feed(
     input: &mut Input<'_>,
     marker: &Marker,
     keep_peer: bool,
 ) -> std::io::Result<(OwnedFd, Option<OwnedFd>)> {
-    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    use rustix::net::{sendmsg, socketpair, AddressFamily, SocketFlags, SocketType};
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::mem::MaybeUninit;
     let (peer, ours) = socketpair(
         AddressFamily::UNIX,
         SocketType::STREAM,
@@ -387,7 +390,18 @@ pub fn feed(
         }
         let fds = marker.copies(nfds)?;
         let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-        crate::fdpass::send_all(peer.as_fd(), &[bytes], &borrowed)?;
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(7))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+            return Err(std::io::Error::other("ancillary buffer too small"));
+        }
+        let iov = [std::io::IoSlice::new(bytes)];
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        match sendmsg(&peer, &iov, &mut control, flags) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => return Err(e.into()),
+        }
     }
     if keep_peer {
         rustix::net::shutdown(&peer, rustix::net::Shutdown::Write)?;
