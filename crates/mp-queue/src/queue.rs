@@ -876,7 +876,7 @@ mod tests {
         let h = q.shared.ring.hdr();
         h.prod
             .alloc_for_tests()
-            .store(u64::MAX & !0xff_ffff, Ordering::Relaxed);
+            .store(!0xff_ffff, Ordering::Relaxed);
         h.cons
             .recycled_for_tests()
             .store(u64::MAX, Ordering::Relaxed);
