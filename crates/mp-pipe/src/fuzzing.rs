@@ -177,7 +177,10 @@ fn read_one(conn: &mut Connection, op: u8, max: u64) -> crate::Result<()> {
         5 => conn.recv::<Shape>().map(drop),
         6 => conn.recv_bytes().map(|v| check(v.len())),
         7 => {
-            let mut buf = vec![0u8; usize::from(op >> 4) * 8];
+            // Up to the size of the read buffer and past it (a long message is read
+            // straight into the caller's buffer).
+            const SIZES: [usize; 5] = [0, 8, 64, 1000, 70_000];
+            let mut buf = vec![0u8; SIZES[usize::from(op >> 4) % SIZES.len()]];
             match conn.recv_bytes_into(&mut buf) {
                 Ok(n) => {
                     assert!(n <= buf.len());
@@ -227,6 +230,8 @@ pub fn connection_seeds() -> Vec<Vec<u8>> {
     let mut long = vec![0xff; 4];
     long.extend_from_slice(&3u64.to_be_bytes());
     long.extend_from_slice(b"xyz");
+    let mut long_cut = 70_000u32.to_be_bytes().to_vec();
+    long_cut.extend_from_slice(&[5; 100]);
     vec![
         chunked(
             &[1, 0, 1, 2, 3],
@@ -241,6 +246,9 @@ pub fn connection_seeds() -> Vec<Vec<u8>> {
             &[(0, raw.clone()), (0, raw), (3, long)],
         ),
         chunked(&[0, 5, 5, 0, 1], &[(0, n), (2, many), (0, s)]),
+        // A message longer than the read buffer, cut short, read into a buffer that
+        // holds it.
+        chunked(&[2, 0x46, 6, 6, 6], &[(0, long_cut)]),
     ]
 }
 
