@@ -34,6 +34,8 @@ pub mod exec;
 pub mod fdpass;
 pub mod frame;
 pub mod futex;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handles;
 pub mod inherit;
 pub mod private_fd;

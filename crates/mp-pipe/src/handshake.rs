@@ -265,6 +265,32 @@ fn create_response(key: &[u8], message: &[u8], allow_legacy: bool) -> Result<Vec
 
 // ----- the exchange -----
 
+/// The server's side on a freshly accepted socket: deliver a challenge, then answer
+/// one, all within `timeout`.
+pub(crate) fn server(
+    fd: BorrowedFd<'_>,
+    key: &[u8],
+    allow_legacy: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let mut wire = Stranger::new(fd, timeout);
+    deliver_challenge(&mut wire, key, allow_legacy)?;
+    answer_challenge(&mut wire, key, allow_legacy)
+}
+
+/// The client's side on a fresh connection: answer a challenge, then deliver one, all
+/// within `timeout`.
+pub(crate) fn client(
+    fd: BorrowedFd<'_>,
+    key: &[u8],
+    allow_legacy: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let mut wire = Stranger::new(fd, timeout);
+    answer_challenge(&mut wire, key, allow_legacy)?;
+    deliver_challenge(&mut wire, key, allow_legacy)
+}
+
 /// Sends a challenge and checks the answer (Python's `deliver_challenge`).
 pub(crate) fn deliver_challenge(
     wire: &mut Stranger<'_>,

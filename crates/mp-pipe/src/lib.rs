@@ -81,6 +81,8 @@
 
 mod connection;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod listener;
 mod wait;

@@ -10,7 +10,7 @@
 //! with [`PipeError::Authentication`].
 use crate::connection::Connection;
 use crate::error::{PipeError, Result};
-use crate::handshake::{answer_challenge, deliver_challenge, Stranger, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::handshake::{self, DEFAULT_HANDSHAKE_TIMEOUT};
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -242,9 +242,7 @@ impl Listener {
         };
         self.last_accepted = peer;
         if let Some(key) = &self.authkey {
-            let mut wire = Stranger::new(fd.as_fd(), self.handshake_timeout);
-            deliver_challenge(&mut wire, key, self.allow_legacy)?;
-            answer_challenge(&mut wire, key, self.allow_legacy)?;
+            handshake::server(fd.as_fd(), key, self.allow_legacy, self.handshake_timeout)?;
         }
         Connection::from_fd(fd, true, true)
     }
@@ -349,9 +347,7 @@ impl Client {
             }
         };
         if let Some(key) = &self.authkey {
-            let mut wire = Stranger::new(fd.as_fd(), self.handshake_timeout);
-            answer_challenge(&mut wire, key, self.allow_legacy)?;
-            deliver_challenge(&mut wire, key, self.allow_legacy)?;
+            handshake::client(fd.as_fd(), key, self.allow_legacy, self.handshake_timeout)?;
         }
         Connection::from_fd(fd, true, true)
     }

@@ -132,6 +132,8 @@
 #![warn(missing_docs, unsafe_op_in_unsafe_fn)]
 
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod imap;
 mod pool;

@@ -86,6 +86,8 @@ mod current;
 mod error;
 mod fork;
 mod forkserver;
+#[doc(hidden)]
+pub mod fuzzing;
 mod launch;
 mod process;
 mod secret;

@@ -94,6 +94,8 @@
 
 mod error;
 mod fds;
+#[doc(hidden)]
+pub mod fuzzing;
 mod joinable;
 mod queue;
 mod ring;

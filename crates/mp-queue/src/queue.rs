@@ -1,7 +1,7 @@
 //! [`Queue`]: many producers and many consumers in any number of processes.
 use crate::error::{GetError, PutError, QueueError};
 use crate::fds::{FdChannel, SendFail, MAX_FDS_PER_ITEM};
-use crate::ring::{record_size, type_hash, Ring, REC_HDR};
+use crate::ring::{record_size, type_hash, Ring, MAX_POS, REC_HDR};
 use mp_core::handles::{decode, encode_into, Handle};
 use mp_core::{Deadline, SharedRegion};
 use mp_sync::{Lock, SyncError};
@@ -210,6 +210,11 @@ impl Shared {
             }
             let tail = h.prod.tail.load(Ordering::Relaxed);
             let seq = h.prod.put_seq.load(Ordering::Relaxed);
+            if tail >= MAX_POS {
+                return Err(PutFail::Io(std::io::Error::other(
+                    "the queue's tail is corrupt",
+                )));
+            }
             if ring.has_room(tail, seq, rec) {
                 break guard;
             }
@@ -248,7 +253,9 @@ impl Shared {
         record[..4].copy_from_slice(&(len as u32).to_le_bytes());
         record[4..8].copy_from_slice(&tag.to_le_bytes());
         ring.write(tail, record).map_err(corrupt)?;
-        self.commit_put(tail + rec, seq + 1);
+        // `tail < MAX_POS` (checked above); the count wraps rather than overflows
+        // when a scribbler set it (see `ring::MAX_POS`).
+        self.commit_put(tail + rec, seq.wrapping_add(1));
         drop(guard);
         h.data.notify(false);
         Ok(())
@@ -314,6 +321,9 @@ impl Shared {
         if !(REC_HDR..=ring.capacity()).contains(&avail) {
             return Err(corrupt("head and tail disagree"));
         }
+        if head >= MAX_POS {
+            return Err(corrupt("the queue's head is corrupt"));
+        }
         let (len, tag, inline) = ring.record_at(head).map_err(corrupt)?;
         let rec = record_size(u64::from(len));
         if rec > avail {
@@ -342,7 +352,7 @@ impl Shared {
             }
         };
         let new_head = head + rec;
-        self.commit_get(new_head, c.get_seq.load(Ordering::Relaxed) + 1);
+        self.commit_get(new_head, c.get_seq.load(Ordering::Relaxed).wrapping_add(1));
         if matched {
             self.fds.discard();
         }
@@ -444,6 +454,12 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
     /// the capacity less one segment is refused with [`PutError::TooLarge`].
     pub fn capacity(mut self, bytes: u64) -> Self {
         self.capacity = bytes;
+        self
+    }
+
+    /// Segments of `2^shift` bytes instead of 256 KiB (small rings for fuzzing).
+    pub(crate) fn segment_shift(mut self, shift: u32) -> Self {
+        self.segment_shift = shift;
         self
     }
 
@@ -817,5 +833,74 @@ mod tests {
         q.put(Handle(f)).unwrap();
         assert!(matches!(q.get_nowait(), Err(GetError::Decode(_))));
         assert_eq!(inode(&q.get_nowait().unwrap().0), i);
+    }
+    /// Counters that another holder of the queue scribbled to values near `u64::MAX`
+    /// make a put or get fail (or find no room), never panic with an overflow: a tail
+    /// there, a put count, a recycle count, a segment allocation count and a get count
+    /// each panicked before (found by the fuzz target queue_ring).
+    #[test]
+    fn scribbled_counters_are_errors_not_overflows() {
+        fn fresh() -> Queue<u64> {
+            let q = Queue::builder()
+                .segment_shift(12)
+                .capacity(4 << 12)
+                .build()
+                .unwrap();
+            q.put(1).unwrap();
+            q
+        }
+        let put_fails = |q: &Queue<u64>| assert!(q.put_nowait(2).is_err());
+        // The tail.
+        let q = fresh();
+        q.shared
+            .ring
+            .hdr()
+            .prod
+            .tail
+            .store(u64::MAX - 3, Ordering::Relaxed);
+        put_fails(&q);
+        // The recycle count, as the producer caches it.
+        let q = fresh();
+        let p = &q.shared.ring.hdr().prod;
+        p.cached_recycled_for_tests()
+            .store(u64::MAX - 1, Ordering::Relaxed);
+        q.shared
+            .ring
+            .hdr()
+            .cons
+            .recycled_for_tests()
+            .store(u64::MAX - 1, Ordering::Relaxed);
+        let _ = q.put_nowait(2);
+        // The segment allocation count (its taken half), with recycled segments to take.
+        let q = fresh();
+        let h = q.shared.ring.hdr();
+        h.prod
+            .alloc_for_tests()
+            .store(!0xff_ffff, Ordering::Relaxed);
+        h.cons
+            .recycled_for_tests()
+            .store(u64::MAX, Ordering::Relaxed);
+        // The next put needs a new segment: it starts one.
+        h.prod.tail.store(4 << 12, Ordering::Relaxed);
+        h.cons.head.store(4 << 12, Ordering::Relaxed);
+        let _ = q.put_nowait(2);
+        // The put count.
+        let q = fresh();
+        q.shared
+            .ring
+            .hdr()
+            .prod
+            .put_seq
+            .store(u64::MAX, Ordering::Relaxed);
+        let _ = q.put_nowait(2);
+        // The get count: the item is still delivered.
+        let q = fresh();
+        q.shared
+            .ring
+            .hdr()
+            .cons
+            .get_seq
+            .store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(q.get_nowait().unwrap(), 1);
     }
 }

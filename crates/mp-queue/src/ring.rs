@@ -44,6 +44,13 @@ const PHYS_MASK: u64 = (1 << PHYS_BITS) - 1;
 /// The largest number of segments (physical indices must fit in 24 bits).
 const MAX_SEGS: u64 = 1 << PHYS_BITS;
 
+/// Stream positions (`head`, `tail`) at or past this are corrupt: no queue moves 2^62
+/// bytes, and below it a position plus a record never overflows. Positions, counts
+/// and segment numbers live in memory every holder of the queue can write, so they
+/// are checked where they are read, or combined with saturating or wrapping
+/// arithmetic: a scribbled value is an error or finds no room, never a panic.
+pub(crate) const MAX_POS: u64 = 1 << 62;
+
 /// The size of a record with `len` payload bytes.
 #[inline]
 pub(crate) fn record_size(len: u64) -> u64 {
@@ -95,6 +102,23 @@ pub(crate) struct ConsumerSide {
     _pad: AtomicU32,
 }
 
+#[cfg(test)]
+impl ProducerSide {
+    pub(crate) fn cached_recycled_for_tests(&self) -> &AtomicU64 {
+        &self.cached_recycled
+    }
+    pub(crate) fn alloc_for_tests(&self) -> &AtomicU64 {
+        &self.alloc
+    }
+}
+
+#[cfg(test)]
+impl ConsumerSide {
+    pub(crate) fn recycled_for_tests(&self) -> &AtomicU64 {
+        &self.recycled
+    }
+}
+
 /// `JoinableQueue` state: unfinished tasks are `put_seq - done`.
 #[repr(C, align(128))]
 pub(crate) struct JoinSide {
@@ -116,6 +140,13 @@ pub(crate) struct Header {
     /// `join()` callers waiting for `done == put_seq`.
     pub(crate) joiners: WaitWord,
 }
+
+/// The byte ranges of the header that say what the region holds (magic and version,
+/// type hash): what a region of another kind or type must get wrong.
+pub(crate) const IDENTITY: [std::ops::Range<usize>; 2] = [
+    std::mem::offset_of!(Config, magic)..std::mem::offset_of!(Config, seg_shift),
+    std::mem::offset_of!(Config, type_hash)..std::mem::offset_of!(Config, type_hash) + 8,
+];
 
 /// Where things are in the region; computed locally, never read from shared memory.
 #[derive(Clone, Copy, Debug)]
@@ -337,16 +368,27 @@ impl Ring {
                 }
             }
         }
-        let last = (tail + rec - 1) >> self.geo.shift;
+        let Some(last) = Self::last_segment(tail, rec, self.geo.shift) else {
+            return false;
+        };
         let mut r = p.cached_recycled.load(Ordering::Relaxed);
-        if last >= r + self.geo.nseg {
+        if last >= r.saturating_add(self.geo.nseg) {
             r = self.hdr().cons.recycled.load(Ordering::Acquire);
             p.cached_recycled.store(r, Ordering::Relaxed);
-            if last >= r + self.geo.nseg {
+            if last >= r.saturating_add(self.geo.nseg) {
                 return false;
             }
         }
         true
+    }
+
+    /// The logical segment of the last byte of a record of `rec` bytes at `tail`;
+    /// `None` for a corrupt tail.
+    fn last_segment(tail: u64, rec: u64, shift: u32) -> Option<u64> {
+        if tail >= MAX_POS {
+            return None;
+        }
+        Some((tail + rec - 1) >> shift)
     }
 
     /// Room check for a waiting producer (no lock held; reads shared state only).
@@ -359,8 +401,13 @@ impl Ring {
             return false;
         }
         let tail = h.prod.tail.load(Ordering::Acquire);
-        let last = (tail + rec - 1) >> self.geo.shift;
-        last < h.cons.recycled.load(Ordering::Acquire) + self.geo.nseg
+        Self::last_segment(tail, rec, self.geo.shift).is_some_and(|last| {
+            last < h
+                .cons
+                .recycled
+                .load(Ordering::Acquire)
+                .saturating_add(self.geo.nseg)
+        })
     }
 
     /// Makes sure every logical segment of `[pos, pos + len)` has a physical segment.
@@ -377,11 +424,13 @@ impl Ring {
             let a = p.alloc.load(Ordering::Relaxed);
             let (taken, fresh) = (a >> PHYS_BITS, a & PHYS_MASK);
             let r = self.hdr().cons.recycled.load(Ordering::Acquire);
+            // Wrapping: `alloc` is shared memory; a scribbled count yields a segment
+            // number that is checked below, never an overflow.
             let (phys, next) = if taken < r {
                 let phys = u64::from(self.recycle_slot(taken).load(Ordering::Relaxed));
-                (phys, a + (1 << PHYS_BITS))
+                (phys, a.wrapping_add(1 << PHYS_BITS))
             } else if fresh < self.geo.nseg {
-                (fresh, a + 1)
+                (fresh, a.wrapping_add(1))
             } else {
                 return Err("no free segment although there was room");
             };

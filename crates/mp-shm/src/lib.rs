@@ -67,6 +67,8 @@ mod array;
 mod cell;
 mod element;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod named;
 mod tracker;
 mod value;

@@ -14,7 +14,7 @@
 //! started from then on share the new one. (Segments that other processes registered
 //! with the dead tracker are theirs to re-register, at their next message.)
 mod report;
-mod serve;
+pub(crate) mod serve;
 mod spawn;
 
 use crate::ShmError;

@@ -53,7 +53,7 @@ extern "C" fn entry() {
 }
 
 /// A segment name as `SharedMemory` accepts them (1 to 250 bytes, no '/' or NUL).
-fn valid(name: &[u8]) -> bool {
+pub(crate) fn valid(name: &[u8]) -> bool {
     !name.is_empty() && name.len() <= 250 && !name.contains(&b'/') && !name.contains(&0)
 }
 
@@ -90,7 +90,7 @@ fn serve() -> ! {
         // SAFETY: leave at once; nothing was registered.
         unsafe { libc::_exit(71) }
     }
-    let names = collect(sock);
+    let names = read_messages(sock);
     super::report::install();
     for n in names {
         let mut path = Vec::with_capacity(n.len() + 1);
@@ -115,9 +115,10 @@ fn serve() -> ! {
 
 /// Reads messages until end of file (every copy of the other end closed); the segments
 /// still registered then.
-fn collect(sock: BorrowedFd<'_>) -> Vec<Vec<u8>> {
+pub(crate) fn read_messages(sock: BorrowedFd<'_>) -> Vec<Vec<u8>> {
     let mut names: Vec<Vec<u8>> = Vec::new();
-    // One message per read (a seqpacket socket); a longer one is cut and skipped.
+    // One message per read (a seqpacket socket); a longer one is cut and skipped. A
+    // plain `recv`: the kernel closes any fd attached to a message.
     let mut buf = [0u8; 512];
     loop {
         match recv(sock, &mut buf[..], RecvFlags::TRUNC) {
@@ -217,7 +218,7 @@ mod tests {
         send(&other, b"+d", SendFlags::NOSIGNAL).unwrap();
         drop(other);
         assert_eq!(
-            collect(tracker.as_fd()),
+            read_messages(tracker.as_fd()),
             vec![b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
         );
     }

@@ -1,0 +1,11 @@
+//! `mp_pipe::fuzzing::handshake` under libFuzzer: see fuzz/README.md.
+#![no_main]
+
+mod common;
+
+libfuzzer_sys::fuzz_target!(
+    init: common::add_seeds(mp_pipe::fuzzing::handshake_seeds()),
+    |data: &[u8]| {
+        common::check(data, mp_pipe::fuzzing::handshake, mp_pipe::fuzzing::handshake_bound);
+    }
+);
