@@ -41,7 +41,7 @@ pub fn bootstrap_bound(data: &[u8]) -> usize {
 }
 
 /// What a child does with its bootstrap message: `[mode, fd count, bytes...]`. Mode 0
-/// decodes a [`Bootstrap`] from the bytes, checks its magic and resolves its target
+/// decodes a `Bootstrap` from the bytes, checks its magic and resolves its target
 /// (checking the executable and the tag, never calling it): only a target this process
 /// made itself may resolve. Mode 1 calls one of this process's own targets (chosen by
 /// the first byte) on the rest as its encoded arguments, with the fds: a bad argument
@@ -132,7 +132,7 @@ pub fn outcome_bound(data: &[u8]) -> usize {
 
 /// What a parent does with its child's outcome: reads a frame with its fds from the
 /// socket (`[result type, chunks...]`, see [`mp_core::fuzzing::feed`]), decodes an
-/// [`Outcome`] and, for `Ok`, the result as one of a few types with those fds. No fd
+/// `Outcome` and, for `Ok`, the result as one of a few types with those fds. No fd
 /// is left once the result is dropped.
 pub fn outcome(data: &[u8]) {
     use mp_core::handles::decode;
