@@ -108,15 +108,29 @@ pub(crate) unsafe fn after_fork(sock: &PrivateFd, locks: ForkLocks) -> ! {
 }
 
 /// Refuses to fork a process that runs other threads, unless `allow_threads`.
+///
+/// A thread that was just joined may still be counted for a moment (the kernel wakes the
+/// joiner before it takes the exiting thread off the count), so a count above one is
+/// read again for up to [`EXITING_THREAD_GRACE`] before the fork is refused.
 pub(crate) fn check_threads(allow_threads: bool) -> Result<(), ProcessError> {
-    if !allow_threads {
+    if allow_threads {
+        return Ok(());
+    }
+    let until = std::time::Instant::now() + EXITING_THREAD_GRACE;
+    loop {
         let threads = crate::current::thread_count().map_err(ProcessError::ThreadCountUnknown)?;
-        if threads > 1 {
+        if threads <= 1 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
             return Err(ProcessError::ForkWithThreads { threads });
         }
+        std::thread::sleep(std::time::Duration::from_micros(100));
     }
-    Ok(())
 }
+
+/// How long a fork waits for threads that are exiting to leave the count.
+const EXITING_THREAD_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Forks the calling process (refused with other threads running, unless
 /// `allow_threads`), with this crate's locks held across the fork; the child runs

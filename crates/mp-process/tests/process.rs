@@ -596,6 +596,25 @@ fn killed_parent_takes_its_daemons() -> R {
     )
 }
 
+/// A thread that was joined is gone: a fork right after its join is not refused (the
+/// kernel may count an exiting thread for a moment after `join` returned).
+fn fork_right_after_a_thread_was_joined() -> R {
+    for i in 0..300 {
+        std::thread::spawn(|| std::hint::black_box(1u8))
+            .join()
+            .map_err(|_| "the thread panicked")?;
+        let got = Process::new(plus_one, (i,))
+            .start_method(StartMethod::Fork)
+            .start()
+            .and_then(|mut p| p.join());
+        ensure(
+            got.as_ref().is_ok_and(|v| *v == i + 1),
+            format!("fork {i}: {got:?}"),
+        )?;
+    }
+    Ok(())
+}
+
 fn main() {
     if let Ok(s) = std::env::var("MP_SCENARIO") {
         run_scenario(&s);
@@ -644,7 +663,13 @@ fn main() {
         ),
     ];
     match method {
-        StartMethod::Fork => tests.push(t("fork_refused_with_threads", fork_refused_with_threads)),
+        StartMethod::Fork => {
+            tests.push(t("fork_refused_with_threads", fork_refused_with_threads));
+            tests.push(t(
+                "fork_right_after_a_thread_was_joined",
+                fork_right_after_a_thread_was_joined,
+            ));
+        }
         StartMethod::Forkserver => {
             tests.push(t(
                 "forkserver_restarts_after_kill",
