@@ -59,6 +59,25 @@ pub fn closes_inherited() -> bool {
     addclosefrom().is_some()
 }
 
+/// In a program just started by [`SelfExec::spawn`]: closes every fd above `at` (what
+/// the spawn could not close, or leftovers of whatever started us).
+///
+/// # Safety
+/// No object of this process may own an fd above `at`: call it first thing, before
+/// anything opens one (as before `main`, or as `init()`'s first step).
+pub unsafe fn close_inherited_above(at: RawFd) {
+    let first = libc::c_uint::try_from(at.saturating_add(1)).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: close_range on numbers that, by the contract above, no object owns.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
+}
+
 fn cstring(b: &[u8]) -> io::Result<CString> {
     CString::new(b).map_err(|_| {
         io::Error::new(

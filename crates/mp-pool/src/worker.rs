@@ -41,14 +41,7 @@ fn install_task_hook() {
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if IN_TASK.with(Cell::get) {
-            let payload = info.payload();
-            let message = if let Some(s) = payload.downcast_ref::<&str>() {
-                (*s).to_string()
-            } else if let Some(s) = payload.downcast_ref::<String>() {
-                s.clone()
-            } else {
-                "Box<dyn Any>".to_string()
-            };
+            let message = crate::result::panic_text(info.payload());
             let location = info
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));

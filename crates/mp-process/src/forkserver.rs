@@ -34,14 +34,7 @@ pub(crate) fn server_lock() -> MutexGuard<'static, Option<Server>> {
 const SERVER_REPLY: Duration = Duration::from_secs(30);
 
 fn start_server() -> io::Result<Server> {
-    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-    let (ours, theirs) = socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
-    let (ours, theirs) = (PrivateFd::new(ours)?, PrivateFd::new(theirs)?);
+    let (ours, theirs) = crate::process::channel()?;
     let pid = spawn_exec(&theirs, FORKSERVER_ENV, StartMask::StopSignalsBlocked)?;
     crate::testing::maybe_signal_at_start(pid);
     drop(theirs);

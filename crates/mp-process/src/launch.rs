@@ -47,14 +47,7 @@ pub(crate) fn take_bootstrap_fd(value: &std::ffi::OsStr) -> PrivateFd {
         // SAFETY: this process has just started (init() is the first line of main), so no
         // Rust object owns an fd above the bootstrap socket: all of them are inherited
         // leftovers of the parent's that this C library could not close at spawn.
-        unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                (CHILD_FD + 1) as libc::c_uint,
-                libc::c_uint::MAX,
-                0 as libc::c_uint,
-            )
-        };
+        unsafe { mp_core::exec::close_inherited_above(CHILD_FD) };
     }
     // SAFETY: only an fstat, before the fd is owned; CHILD_FD is open (checked by fstat).
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(CHILD_FD) };

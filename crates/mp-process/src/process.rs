@@ -413,8 +413,9 @@ where
     }
 }
 
-/// A fresh bootstrap channel: our end, the child's end (both private from the start, so
-/// a child forked meanwhile by another thread holds neither).
+/// A fresh channel of the library's own (a child's bootstrap socket, a helper's control
+/// socket): our end, the other end, both private from the start, so a child forked
+/// meanwhile by another thread holds neither.
 pub(crate) fn channel() -> std::io::Result<(PrivateFd, PrivateFd)> {
     use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
     let (ours, theirs) = socketpair(

@@ -113,14 +113,7 @@ impl ForkTemplate {
                 return Err(ProcessError::DaemonCannotHaveChildren);
             }
         }
-        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-        let (ours, theirs) = socketpair(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
-        let (ours, theirs) = (PrivateFd::new(ours)?, PrivateFd::new(theirs)?);
+        let (ours, theirs) = crate::process::channel()?;
         let owner = rustix::process::getpid();
         // Blocked across the fork, so the template never runs a handler of the program's
         // for them; this thread gets its mask back at once.

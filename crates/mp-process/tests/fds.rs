@@ -231,11 +231,18 @@ fn other_threads_panic_is_not_the_targets() -> R {
     }
 }
 
+/// A child's target that lives until it is killed.
+fn park_forever() {
+    loop {
+        std::thread::park()
+    }
+}
+
 /// A child holds one socket (its own channel) and one pidfd (its parent's), even while
 /// its parent holds another child's channel and pidfd (and, under forkserver, the
 /// server's).
 fn child_holds_no_private_fd_of_its_parent() -> R {
-    let mut other = Process::new(|| std::thread::sleep(Duration::from_secs(60)), ()).start()?;
+    let mut other = Process::new(park_forever, ()).start()?;
     let mut p = Process::new(sockets_and_pidfds, ()).start()?;
     let got = p.join_timeout(BOUND);
     other.kill()?;

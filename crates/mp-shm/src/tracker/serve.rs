@@ -75,14 +75,7 @@ fn serve() -> ! {
     // SAFETY: this fresh process keeps stdio and its socket and closes every other fd
     // it inherited (the spawning process's fds without close-on-exec): no object of this
     // process owns them, `main` never runs here.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            (FD + 1) as libc::c_uint,
-            libc::c_uint::MAX,
-            0 as libc::c_uint,
-        );
-    }
+    unsafe { mp_core::exec::close_inherited_above(FD) };
     // SAFETY: the spawner put our socket at FD, and nothing else in this process uses
     // that number; the borrow lives until `_exit`.
     let sock = unsafe { BorrowedFd::borrow_raw(FD) };
